@@ -1,0 +1,76 @@
+"""The one door api/ uses to reach generation: admit, route, stream, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from actors.protocol import GenerationEvent, GenerationRequest
+
+
+class ServiceError(Exception):
+    """A request the service will not run; ``status`` is the HTTP status to answer with."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class ModelNotFound(ServiceError):
+    status = 404
+    code = "model_not_found"
+
+
+class QueueFull(ServiceError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "service_unavailable"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    created: int
+    owned_by: str = "mlx-supervisor"
+    groups: list[str] = field(default_factory=list)
+    context_length: int = 0
+    ready: bool = False
+
+
+class GenerationStream(Protocol):
+    """Events of one admitted request; ``aclose()`` cancels it on the actor."""
+
+    served_by: str
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class GenerationService(Protocol):
+    def list_models(self) -> list[ModelInfo]: ...
+
+    async def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Admit and route ``request``; raise a ServiceError at once if it cannot run.
+
+        The returned stream yields TokenDelta events and ends with exactly one
+        Finished or GenerationFailed event.
+        """
+        ...
+
+    def draining(self) -> bool: ...
