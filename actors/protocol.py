@@ -152,6 +152,23 @@ GenerationEvent = TokenDelta | Finished | GenerationFailed
 # --------------------------------------------------------------------------- #
 
 
+class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What an actor is told at spawn, as JSON in $MLXS_ACTOR_CONFIG (the token travels apart)."""
+
+    actor_id: str
+    kind: str
+    node: str
+    control_host: str
+    control_port: int
+    rank: int = 0
+    world_size: int = 1
+    group: str = ""
+    model: str = ""
+    max_batch: int = 32
+    parallel: str = "tensor"
+    options: dict[str, str] = {}
+
+
 class Hello(_Msg, frozen=True):
     """First frame an actor sends after dialing the control port."""
 
@@ -263,6 +280,9 @@ Message = (
     | Finished
     | GenerationFailed
 )
+
+CONFIG_ENV = "MLXS_ACTOR_CONFIG"
+TOKEN_ENV = "MLXS_TOKEN"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -1,0 +1,164 @@
+"""The actor side of the control connection: dial back, say Hello, heartbeat, dispatch.
+
+Actors are threads around a blocking socket: heartbeats run in their own
+thread so that MLX compute (which releases the GIL) never silences them.
+If the supervisor goes away the actor exits: no orphan outlives its supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Protocol
+
+import msgspec
+import psutil
+import structlog
+
+from actors.protocol import (
+    CONFIG_ENV,
+    TOKEN_ENV,
+    ActorConfig,
+    ActorError,
+    Heartbeat,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Refused,
+    Shutdown,
+    Vitals,
+    Welcome,
+)
+from actors.transport import SocketChannel
+
+log = structlog.get_logger()
+
+EXIT_REFUSED = 3
+EXIT_START_FAILED = 4
+
+
+class Actor(Protocol):
+    """One concern of one node. ``start`` may be slow; heartbeats flow meanwhile."""
+
+    def start(self, runtime: ActorRuntime) -> None: ...
+
+    def handle(self, msg: Message) -> None: ...
+
+    def vitals(self) -> dict[str, int | float]: ...
+
+    def stop(self) -> None: ...
+
+
+def load_config() -> tuple[ActorConfig, str]:
+    raw = os.environ.get(CONFIG_ENV)
+    token = os.environ.get(TOKEN_ENV)
+    if not raw or not token:
+        raise SystemExit(f"actors: ${CONFIG_ENV} and ${TOKEN_ENV} must be set by the supervisor")
+    return msgspec.json.decode(raw, type=ActorConfig), token
+
+
+class ActorRuntime:
+    def __init__(self, config: ActorConfig, token: str, actor: Actor):
+        self.config = config
+        self._token = token
+        self._actor = actor
+        self._channel: SocketChannel | None = None
+        self._stopping = threading.Event()
+        self._process = psutil.Process()
+        self._process.cpu_percent()  # first call primes the counter
+
+    def send(self, msg: Message) -> bool:
+        assert self._channel is not None
+        return self._channel.send(msg)
+
+    def run(self) -> int:
+        """Connect, greet, serve until Shutdown or the supervisor is gone; return an exit code."""
+        cfg = self.config
+        self._channel = SocketChannel.connect(cfg.control_host, cfg.control_port)
+        hello = Hello(
+            actor_id=cfg.actor_id,
+            kind=cfg.kind,
+            node=cfg.node,
+            pid=os.getpid(),
+            token=self._token,
+            rank=cfg.rank,
+        )
+        self._channel.send(hello)
+        reply = self._channel.recv()
+        if isinstance(reply, Refused) or not isinstance(reply, Welcome):
+            reason = reply.reason if isinstance(reply, Refused) else "no welcome"
+            log.error("actor_refused", reason=reason)
+            return EXIT_REFUSED
+        threading.Thread(
+            target=self._heartbeat_loop, args=(reply.heartbeat_interval,), daemon=True
+        ).start()
+        reader = threading.Thread(target=self._read_loop, daemon=True)
+        reader.start()
+        try:
+            self._actor.start(self)
+        except Exception as exc:  # a start-up failure is reported, then the actor exits
+            log.exception("actor_start_failed")
+            self.send(ActorError(message=f"{type(exc).__name__}: {exc}"))
+            return EXIT_START_FAILED
+        self._stopping.wait()
+        self._actor.stop()
+        self._channel.close()
+        return 0
+
+    def _read_loop(self) -> None:
+        assert self._channel is not None
+        while True:
+            msg = self._channel.recv()
+            if msg is None:
+                log.warning("supervisor_gone", actor_id=self.config.actor_id)
+                os._exit(1)  # the supervisor is gone: never linger as an orphan
+            if isinstance(msg, Shutdown):
+                self._stopping.set()
+                return
+            if isinstance(msg, Ping):
+                self.send(Pong(corr_id=msg.corr_id, vitals=self._vitals()))
+                continue
+            try:
+                self._actor.handle(msg)
+            except Exception:
+                log.exception("actor_handle_failed", message=type(msg).__name__)
+
+    def _vitals(self) -> Vitals:
+        figures = dict(self._actor.vitals())
+        try:
+            figures["rss_bytes"] = self._process.memory_info().rss
+            figures["cpu_percent"] = self._process.cpu_percent()
+        except psutil.Error:
+            pass
+        return msgspec.convert(figures, Vitals)
+
+    def _heartbeat_loop(self, interval: float) -> None:
+        seq = 0
+        while not self._stopping.is_set():
+            seq += 1
+            beat = Heartbeat(actor_id=self.config.actor_id, seq=seq, vitals=self._vitals())
+            if not self.send(beat):
+                return
+            self._stopping.wait(interval)
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr; the supervisor relays them into its own log."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def serve(actor: Actor) -> int:
+    config, token = load_config()
+    structlog.contextvars.bind_contextvars(actor_id=config.actor_id, node=config.node)
+    return ActorRuntime(config, token, actor).run()

@@ -1,0 +1,174 @@
+"""`supervisor` command line. This module is the composition root: the one place in
+supervisor/ that imports api/, to serve the app it builds over the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import structlog
+import uvicorn
+
+from supervisor.hostfile import HostfileError, apply_overrides, load_hostfile
+from supervisor.logs import configure_logging
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"supervisor: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="supervisor", description="Serve LLMs from a cluster of Macs with MLX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    start = sub.add_parser("start", help="bring the cluster up and serve HTTP")
+    start.add_argument("hostfile", help="hostfile JSON (an mlx.launch hostfile works)")
+    start.add_argument("--host", help="API listen address (overrides the hostfile)")
+    start.add_argument("--port", type=_port, help="API port (overrides the hostfile)")
+    start.add_argument("--model", help="model spec: demo:tiny, a HF repo id or a local path")
+    start.add_argument("--log-format", choices=("json", "console"), default=None)
+    start.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="seconds to finish in-flight work on stop")
+    for name, text in (("status", "cluster status"), ("nodes", "nodes and their actors")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument("--api-key", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "start":
+        return _start(args)
+    return _show(args)
+
+
+def _start(args: argparse.Namespace) -> int:
+    try:
+        spec = apply_overrides(load_hostfile(args.hostfile), host=args.host, port=args.port,
+                               model=args.model)
+    except HostfileError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_format or spec.log_format)
+    try:
+        sock = _bind(spec.api.host, spec.api.port)
+    except OSError as exc:
+        print(f"supervisor: cannot listen on {spec.api.host}:{spec.api.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(spec, sock, args.drain_timeout))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
+    from api.app import create_app
+
+    from supervisor.cluster import Cluster
+
+    log = structlog.get_logger()
+    cluster = Cluster(spec)
+    await cluster.start()
+    app = create_app(cluster.service, status=cluster.state.snapshot, health=cluster.state.health,
+                     api_key=spec.api_key)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = _Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = sock.getsockname()[:2]
+    log.info("api_listening", host=host, port=port, url=f"http://{host}:{port}")
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    await asyncio.wait([serving, asyncio.ensure_future(stop.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping", drain_timeout=drain_timeout)
+    await cluster.drain(drain_timeout)
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await serving
+    await cluster.stop()
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server without its signal capture: the supervisor owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _show(args: argparse.Namespace) -> int:
+    request = urllib.request.Request(args.url.rstrip("/") + "/api/cluster/status")
+    if args.api_key:
+        request.add_header("Authorization", f"Bearer {args.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"supervisor: no supervisor answering at {args.url} ({reason})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status if args.command == "status" else status["nodes"], indent=2))
+        return 0
+    print(render_status(status, nodes_only=args.command == "nodes"))
+    return 0
+
+
+def render_status(status: dict, nodes_only: bool = False) -> str:
+    lines = []
+    for node in status["nodes"]:
+        lines.append(f"node {node['name']:<20} {node['state']:<10} {node['reason']}")
+        for actor in status["actors"]:
+            if actor["node"] == node["name"]:
+                age = actor["last_heartbeat_age"]
+                age_text = "-" if age is None else f"{age:.1f}s"
+                lines.append(f"  {actor['id']:<28} {actor['kind']:<10} pid {actor['pid'] or '-':<8}"
+                             f" {actor['state']:<10} restarts {actor['restarts']:<3} "
+                             f"heartbeat {age_text}")
+    if not nodes_only:
+        for g in status["groups"]:
+            lines.append(f"group {g['name']:<19} {g['state']:<10} model {g['model']} "
+                         f"in_flight {g['in_flight']} served {g['served']} restarts "
+                         f"{g['restarts']} {g['reason']}")
+        lines.append(f"queue depth {status['queue_depth']}, requests {status['requests_total']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The supervision tree: start children, watch them, restart them by policy.
+
+A ``ChildSupervisor`` runs a set of children under one_for_all: if any child
+exits, loses its control connection, goes silent, or (for a generation group)
+stops making progress with work in flight, every child of the set is killed by
+PID and the set is restarted under the restart policy. one_for_one is a
+ChildSupervisor per child. The supervisor decides; the spawner executes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from actors.protocol import ActorConfig, ActorError, Heartbeat, LoadProgress, Ready, Shutdown
+from supervisor.control import ControlServer
+from supervisor.handle import ActorHandle
+from supervisor.policy import GiveUp, Leave, RestartHistory, decide
+from supervisor.spawner import ActorLaunch, ActorProcess, Spawner
+from supervisor.state import (
+    ActorHeartbeat,
+    ActorLoading,
+    ActorReady,
+    ActorRestarted,
+    ActorSpawned,
+    ActorStarting,
+    ActorStopped,
+    ClusterState,
+    GroupState,
+)
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    config: ActorConfig
+    spawner: Spawner
+    restart: str = "permanent"
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    hello: float = 30.0
+    load: float = 900.0
+    heartbeat: float = 3.0
+    watchdog: float = 30.0
+    stop_grace: float = 5.0
+
+
+class ChildFailed(Exception):
+    def __init__(self, reason: str, normal: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.normal = normal
+
+
+class _Child:
+    """One incarnation of one child: its process, its handle, what it last said."""
+
+    def __init__(self, spec: ChildSpec):
+        self.spec = spec
+        self.process: ActorProcess | None = None
+        self.handle: ActorHandle | None = None
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        self.last_beat = time.monotonic()
+        self.progress = -1
+        self.progress_at = time.monotonic()
+        self.active = 0
+
+    @property
+    def actor_id(self) -> str:
+        return self.spec.config.actor_id
+
+
+class ChildSupervisor:
+    """Supervises a set of children with the one_for_all strategy."""
+
+    def __init__(
+        self,
+        name: str,
+        children: list[ChildSpec],
+        *,
+        control: ControlServer,
+        state: ClusterState,
+        token: str,
+        restart_policy,
+        timeouts: Timeouts,
+        group: str | None = None,
+    ):
+        self.name = name
+        self.group = group
+        self._specs = children
+        self._control = control
+        self._state = state
+        self._token = token
+        self._policy = restart_policy
+        self._timeouts = timeouts
+        self._children: list[_Child] = []
+        self._stopping = asyncio.Event()
+        self._failure: asyncio.Future[ChildFailed] | None = None
+        self.ready = asyncio.Event()
+        self.failed = False
+        self.leader: ActorHandle | None = None
+        self.context_length = 0
+        self.on_state: Callable[[str], None] = lambda s: None
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        history = RestartHistory()
+        restarted = False
+        while not self._stopping.is_set():
+            self._set_group_state("starting", restarted=restarted)
+            failure = await self._one_incarnation()
+            await self._kill_all(failure.reason)
+            if self._stopping.is_set():
+                break
+            log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
+            restart_type = self._specs[0].restart
+            decision = decide(self._policy, history, time.monotonic(), restart_type,
+                              failure.normal)
+            if isinstance(decision, GiveUp):
+                self.failed = True
+                reason = f"{failure.reason}; {decision.reason}"
+                for spec in self._specs:
+                    self._state.apply(ActorStopped(spec.config.actor_id, "failed", reason))
+                self._set_group_state("failed", reason)
+                log.error("supervisor_gave_up", supervisor=self.name, reason=reason)
+                return
+            if isinstance(decision, Leave):
+                self._set_group_state("stopped", failure.reason)
+                return
+            history = decision.history
+            restarted = True
+            for spec in self._specs:
+                self._state.apply(ActorRestarted(spec.config.actor_id))
+            self._set_group_state("restarting", f"{failure.reason}; restart in "
+                                  f"{decision.delay:.1f} s")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), decision.delay)
+            except TimeoutError:
+                pass
+        self._set_group_state("stopped", "supervisor stopping")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Ask every child to shut down; what has not exited after ``grace`` is killed by PID."""
+        self._stopping.set()
+        grace = self._timeouts.stop_grace if grace is None else grace
+        for child in self._children:
+            if child.handle is not None and child.handle.is_open:
+                try:
+                    await child.handle.tell(Shutdown(reason="supervisor stopping"))
+                except Exception:
+                    pass
+        procs = [c.process for c in self._children if c.process is not None]
+        if procs:
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=grace)
+        self._fail(ChildFailed("supervisor stopping", normal=True))
+
+    # ----------------------------------------------------------- incarnation
+
+    async def _one_incarnation(self) -> ChildFailed:
+        loop = asyncio.get_running_loop()
+        self._failure = loop.create_future()
+        self._children = [_Child(spec) for spec in self._specs]
+        watchers: list[asyncio.Task] = [asyncio.create_task(self._monitor())]
+        try:
+            # Ring connect order (MLX-NOTES): ranks 0..N-2 accept, the last rank dials.
+            for child in self._children:
+                await self._start_child(child, watchers)
+            await self._await_or_fail(
+                asyncio.gather(*(c.ready for c in self._children)), self._timeouts.load,
+                "model load")
+            self.leader = self._children[0].handle
+            self.context_length = self._children[0].ready.result().context_length
+            self.ready.set()
+            self._set_group_state("ready")
+            return await self._failure
+        except ChildFailed as failed:
+            return failed
+        finally:
+            self.ready.clear()
+            self.leader = None
+            for task in watchers:
+                task.cancel()
+
+    async def _start_child(self, child: _Child, watchers: list[asyncio.Task]) -> None:
+        cfg = child.spec.config
+        self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
+        hello = self._control.expect(cfg.actor_id)
+        launch = ActorLaunch(config=cfg, token=self._token, env=child.spec.env,
+                             python=child.spec.python)
+        try:
+            child.process = await child.spec.spawner.spawn(launch)
+        except Exception as exc:
+            self._control.forget(cfg.actor_id)
+            raise ChildFailed(f"{cfg.actor_id} could not be spawned on {cfg.node}: {exc}") from exc
+        self._state.apply(ActorSpawned(cfg.actor_id, child.process.pid))
+        watchers.append(asyncio.create_task(self._watch_exit(child)))
+        handle = await self._await_or_fail(hello, self._timeouts.hello, f"{cfg.actor_id} hello")
+        child.handle = handle
+        child.last_beat = time.monotonic()
+        handle.on_message = lambda h, m, c=child: self._on_message(c, m)
+        watchers.append(asyncio.create_task(self._watch_connection(child)))
+
+    async def _await_or_fail(self, awaitable, timeout: float, what: str):
+        """Wait for ``awaitable`` unless a child fails first or the time runs out."""
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self._failure}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        if self._failure.done():
+            raise self._failure.result()
+        raise ChildFailed(f"{self.name}: {what} timed out after {timeout:.0f} s")
+
+    def _fail(self, failure: ChildFailed) -> None:
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_result(failure)
+
+    # -------------------------------------------------------------- watchers
+
+    async def _watch_exit(self, child: _Child) -> None:
+        code = await child.process.wait()
+        if not self._stopping.is_set():
+            self._state.apply(ActorStopped(child.actor_id, "exited", f"exit code {code}"))
+        self._fail(ChildFailed(f"{child.actor_id} exited with code {code}", normal=code == 0))
+
+    async def _watch_connection(self, child: _Child) -> None:
+        reason = await child.handle.closed
+        self._fail(ChildFailed(f"{child.actor_id} control connection lost ({reason})"))
+
+    async def _monitor(self) -> None:
+        """Heartbeat silence for every child; no progress with work in flight (the watchdog)."""
+        period = min(0.25, self._timeouts.heartbeat / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for child in self._children:
+                if child.handle is None:
+                    continue
+                silent = now - child.last_beat
+                if silent > self._timeouts.heartbeat:
+                    self._fail(ChildFailed(
+                        f"{child.actor_id} heartbeat silent for {silent:.1f} s"))
+                    return
+                if not self.ready.is_set():
+                    continue  # loading: heartbeats alone tell life
+                busy = child.active > 0 or (child is self._children[0]
+                                            and child.handle.streams_open > 0)
+                if not busy:
+                    child.progress_at = now
+                elif now - child.progress_at > self._timeouts.watchdog:
+                    self._fail(ChildFailed(
+                        f"{child.actor_id} made no progress for "
+                        f"{now - child.progress_at:.1f} s with work in flight (watchdog)"))
+                    return
+
+    def _on_message(self, child: _Child, msg) -> None:
+        if isinstance(msg, Heartbeat):
+            now = time.monotonic()
+            child.last_beat = now
+            child.active = msg.vitals.active_requests
+            if msg.vitals.progress != child.progress:
+                child.progress, child.progress_at = msg.vitals.progress, now
+            self._state.apply(ActorHeartbeat(child.actor_id, msg.vitals))
+        elif isinstance(msg, LoadProgress):
+            self._state.apply(ActorLoading(child.actor_id, msg.stage, msg.fraction))
+        elif isinstance(msg, Ready):
+            self._state.apply(ActorReady(child.actor_id, msg.info))
+            if not child.ready.done():
+                child.ready.set_result(msg)
+        elif isinstance(msg, ActorError):
+            self._fail(ChildFailed(f"{child.actor_id}: {msg.message}"))
+
+    # --------------------------------------------------------------- killing
+
+    async def _kill_all(self, reason: str) -> None:
+        """Kill every child of the set by PID (one_for_all) and wait for them."""
+        for child in self._children:
+            self._control.forget(child.actor_id)
+            if child.handle is not None:
+                await child.handle.close("killed by supervisor")
+            if child.process is not None:
+                await child.process.kill()
+                if self._stopping.is_set():
+                    self._state.apply(ActorStopped(child.actor_id, "stopped"))
+                else:
+                    self._state.apply(ActorStopped(child.actor_id, "killed", reason))
+
+    def _set_group_state(self, state: str, reason: str = "", restarted: bool = False) -> None:
+        if self.group is not None:
+            self._state.apply(GroupState(self.group, state, reason, restarted,
+                                         self.context_length))
+        self.on_state(state)

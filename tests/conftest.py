@@ -1,0 +1,150 @@
+"""Shared fixtures: free ports, and real `supervisor start` processes ended by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+class RunningSupervisor:
+    """A `supervisor start` child process; every PID it or its children had is ended."""
+
+    def __init__(self, tmp: Path, hostfile: dict, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.port = free_port()
+        hostfile = {**hostfile, "api": {"host": "127.0.0.1", "port": self.port}}
+        self.hostfile_path = tmp / "hostfile.json"
+        self.hostfile_path.write_text(json.dumps(hostfile))
+        self.log_path = tmp / "supervisor.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "start", str(self.hostfile_path),
+             *(extra_args or [])],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._seen: dict[int, psutil.Process] = {self.proc.pid: psutil.Process(self.proc.pid)}
+
+    def remember_children(self) -> set[int]:
+        """Record every descendant (psutil keeps their start time, so a reused PID is safe)."""
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            kids = []
+        for kid in kids:
+            self._seen.setdefault(kid.pid, kid)
+        return set(self._seen)
+
+    def status(self) -> dict:
+        self.remember_children()
+        return http_json(self.url + "/api/cluster/status")[1]
+
+    def health(self) -> tuple[int, dict]:
+        return http_json(self.url + "/health")
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited early:\n{self.log_tail()}")
+            try:
+                return self.health()[0] == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout, "the supervisor to be healthy")
+        self.remember_children()
+
+    def actor(self, kind: str = "generation", group: str | None = None) -> dict:
+        for a in self.status()["actors"]:
+            if a["kind"] == kind and (group is None or a["group"] == group):
+                return a
+        raise AssertionError(f"no {kind} actor in status")
+
+    def log_lines(self) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        self.remember_children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for process in self._seen.values():
+            try:
+                process.kill()  # psutil checks it is still the process we saw
+            except psutil.Error:
+                pass
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_supervisor(tmp_path):
+    started: list[RunningSupervisor] = []
+
+    def start(hostfile: dict, **kwargs) -> RunningSupervisor:
+        sub = tmp_path / f"sup{len(started)}"
+        sub.mkdir()
+        sup = RunningSupervisor(sub, hostfile, **kwargs)
+        started.append(sup)
+        return sup
+
+    yield start
+    for sup in started:
+        sup.stop()
+
+
+def demo_hostfile(**extra) -> dict:
+    return {"hosts": [{"ssh": "localhost"}], "model": "demo:tiny", **extra}

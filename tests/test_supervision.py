@@ -1,0 +1,168 @@
+"""The supervision tree with real actor processes (memory actors: cheap, real, same runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import psutil
+
+from actors.protocol import ActorConfig, Hello, Refused
+from actors.transport import read_message, write_message
+from supervisor.control import ControlServer
+from supervisor.hostfile import RestartSpec
+from supervisor.spawner import ActorLaunch, LocalSpawner, actor_environment
+from supervisor.state import ClusterState, GroupDeclared
+from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+
+TOKEN = "test-token"
+
+
+async def until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Tree:
+    """A control server and a one_for_all supervisor over ``n`` memory actors."""
+
+    def __init__(self, n: int = 1, policy: RestartSpec | None = None, heartbeat: float = 3.0):
+        self.n = n
+        self.policy = policy or RestartSpec(backoff_initial=0.05, backoff_max=0.2)
+        self.state = ClusterState()
+        self.heartbeat = heartbeat
+        self.pids: set[int] = set()
+
+    async def __aenter__(self):
+        self.control = ControlServer(TOKEN, heartbeat_interval=0.2)
+        _, port = await self.control.start()
+        spawner = LocalSpawner()
+        children = [
+            ChildSpec(ActorConfig(actor_id=f"g.rank{r}", kind="memory", node="local",
+                                  control_host="127.0.0.1", control_port=port, rank=r), spawner)
+            for r in range(self.n)
+        ]
+        self.state.apply(GroupDeclared("g", "none", ["local"], "tensor", "ring"))
+        self.sup = ChildSupervisor("g", children, control=self.control, state=self.state,
+                                   token=TOKEN, restart_policy=self.policy,
+                                   timeouts=Timeouts(heartbeat=self.heartbeat), group="g")
+        self.task = asyncio.create_task(self.sup.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.sup.stop(grace=2.0)
+        await asyncio.wait_for(self.task, 10)
+        await self.control.close()
+        for pid in self.pids:  # every process the test saw is ended by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def actor_pids(self) -> list[int | None]:
+        pids = [self.state.actors[f"g.rank{r}"].pid for r in range(self.n)]
+        self.pids.update(p for p in pids if p)
+        return pids
+
+    async def ready(self, timeout: float = 20.0):
+        await asyncio.wait_for(self.sup.ready.wait(), timeout)
+        return self.actor_pids()
+
+
+async def test_children_start_and_report_heartbeats():
+    async with Tree(n=2) as tree:
+        pids = await tree.ready()
+        assert all(pids) and len(set(pids)) == 2
+        await until(lambda: all(tree.state.actors[f"g.rank{r}"].vitals.mem_total > 0
+                                for r in range(2)), 5, "heartbeat vitals")
+        assert tree.state.groups["g"].state == "ready"
+
+
+async def test_kill_9_of_one_child_restarts_all_children_one_for_all():
+    async with Tree(n=2) as tree:
+        before = await tree.ready()
+        os.kill(before[1], signal.SIGKILL)
+        await until(lambda: tree.state.groups["g"].restarts == 1, 10, "a group restart")
+        after = await tree.ready()
+        assert set(after).isdisjoint(before), "every rank must be a new process"
+        assert not psutil.pid_exists(before[0]) or psutil.Process(before[0]).status() == "zombie"
+        assert tree.state.actors["g.rank0"].restarts == 1
+
+
+async def test_sigstop_is_detected_by_heartbeat_silence():
+    async with Tree(n=1, heartbeat=1.0) as tree:
+        (pid,) = await tree.ready()
+        stopped_at = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        await until(lambda: tree.state.groups["g"].restarts == 1, 10, "restart after silence")
+        detected = time.monotonic() - stopped_at
+        (new_pid,) = await tree.ready()
+        assert new_pid != pid
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        kills = [e for e in tree.state.recent_errors if e["kind"] == "actor_killed"]
+        assert kills and "heartbeat silent" in kills[-1]["message"]
+        assert 1.0 <= detected < 5.0
+
+
+async def test_restart_intensity_exceeded_marks_group_failed():
+    policy = RestartSpec(intensity=2, period=60, backoff_initial=0.01, backoff_max=0.02)
+    async with Tree(n=1, policy=policy) as tree:
+        for _ in range(3):
+            (pid,) = await tree.ready()
+            os.kill(pid, signal.SIGKILL)
+            await until(lambda p=pid: tree.state.actors["g.rank0"].pid != p
+                        or tree.sup.failed, 10, "the next incarnation or failure")
+        await asyncio.wait_for(tree.task, 10)
+        assert tree.sup.failed
+        group = tree.state.groups["g"]
+        assert group.state == "failed"
+        assert "exceeds intensity 2" in group.reason
+        assert tree.state.actors["g.rank0"].state == "failed"
+        assert tree.state.health()[1]["status"] == "failed"
+
+
+async def test_wrong_token_is_refused_and_the_actor_exits():
+    control = ControlServer(TOKEN)
+    _, port = await control.start()
+    try:
+        control.expect("x.memory")
+        cfg = ActorConfig(actor_id="x.memory", kind="memory", node="local",
+                          control_host="127.0.0.1", control_port=port)
+        env = actor_environment(ActorLaunch(cfg, token="not-the-token"), dict(os.environ))
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "actors", "memory",
+                                                    env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 3
+        assert b"actor_refused" in err and b"wrong cluster token" in err
+        assert control.refused == 1
+    finally:
+        await control.close()
+
+
+async def test_unexpected_actor_id_is_refused():
+    control = ControlServer(TOKEN)
+    host, port = await control.start()
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        write_message(writer, Hello(actor_id="stranger", kind="memory", node="n", pid=1,
+                                    token=TOKEN))
+        reply = await asyncio.wait_for(read_message(reader), 5)
+        assert isinstance(reply, Refused) and "unexpected actor id" in reply.reason
+        writer.close()
+    finally:
+        await control.close()
+
+
+async def test_stop_ends_every_child():
+    tree = Tree(n=2)
+    async with tree:
+        pids = await tree.ready()
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert {a.state for a in tree.state.actors.values()} == {"stopped"}
