@@ -1,0 +1,371 @@
+"""The cluster hostfile: a JSON superset of mlx.launch's, decoded into frozen specs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import msgspec
+
+from supervisor import hostfile_validation as checks
+from supervisor.hostfile_validation import Problem
+
+Backend = Literal["ring", "jaccl", "jaccl-ring"]
+Parallel = Literal["tensor", "pipeline"]
+RouterPolicy = Literal["least_loaded", "round_robin", "hardware_aware", "sticky"]
+LogFormat = Literal["json", "console"]
+# One rdma entry per peer: a device name, several devices (multi-link), or null (none/self).
+RdmaDevice = str | tuple[str, ...] | None
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Comment = str | list[str] | None
+
+DEFAULT_MODEL = "demo:tiny"
+DEFAULT_GROUP = "main"
+RING_STARTING_PORT = 32323  # mlx.launch --starting-port default
+
+
+class HostfileError(Exception):
+    """A hostfile problem, as one line naming the file, the place and what is expected."""
+
+
+class _Spec(msgspec.Struct, frozen=True, repr_omit_defaults=True):
+    """Base of every spec: immutable, printed without its defaults."""
+
+
+class _Written(_Spec, forbid_unknown_fields=True):
+    """Base of what is decoded from the file: an unknown key is a typo, not ignored."""
+
+
+class HostSpec(_Written):
+    """One machine (one rank when in a group): mlx.launch's keys plus our per-node hints."""
+
+    ssh: str
+    ips: tuple[str, ...] = ()
+    rdma: tuple[RdmaDevice, ...] = ()
+    name: str = ""
+    python: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = {}
+    chip: str | None = None
+    gpu_cores: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    memory_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    comment: Comment = None
+
+
+class RestartSpec(_Written):
+    """OTP restart intensity/period, backoff between restarts, and failure detection times."""
+
+    intensity: Annotated[int, msgspec.Meta(ge=0)] = 5
+    period: Seconds = 60.0
+    backoff_initial: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    backoff_max: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    heartbeat_timeout: Seconds = 3.0
+    watchdog_interval: Seconds = 30.0
+    comment: Comment = None
+
+
+class RouterSpec(_Written):
+    """How requests are spread over groups; ``session_ttl`` bounds sticky sessions."""
+
+    policy: RouterPolicy = "least_loaded"
+    session_ttl: Seconds = 600.0
+    comment: Comment = None
+
+
+class ApiSpec(_Written):
+    """Where the HTTP API listens (port 0: any free port)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    comment: Comment = None
+
+
+class ControlSpec(_Written):
+    """The control port actors dial back to; ``host`` None lets the supervisor choose."""
+
+    host: str | None = None
+    port: Port = 0
+    comment: Comment = None
+
+
+class GroupEntry(_Written):
+    """A group as written: hosts inline or referenced by top-level index or name."""
+
+    hosts: tuple[HostSpec | int | str, ...]
+    name: str | None = None
+    model: str | None = None
+    parallel: Parallel | None = None
+    backend: str | None = None
+    comment: Comment = None
+
+
+class ClusterFile(_Written):
+    """The hostfile object as written (mlx.launch form 2 plus cluster keys)."""
+
+    hosts: tuple[HostSpec, ...] = ()
+    backend: str = ""
+    envs: tuple[str, ...] = ()
+    model: str = DEFAULT_MODEL
+    api: ApiSpec = ApiSpec()
+    control: ControlSpec = ControlSpec()
+    queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 256
+    max_batch: Annotated[int, msgspec.Meta(ge=1)] = 32
+    restart: RestartSpec = RestartSpec()
+    router: RouterSpec = RouterSpec()
+    api_key: str | None = None
+    log_format: LogFormat = "json"
+    parallel: Parallel = "tensor"
+    groups: tuple[GroupEntry, ...] | None = None
+    schema: str | None = msgspec.field(name="$schema", default=None)
+    comment: Comment = None
+
+
+HostfileDocument = list[HostSpec] | ClusterFile
+
+
+class GroupSpec(_Spec):
+    """A generation group: ranks (host order = rank order) serving one model together."""
+
+    name: str
+    model: str
+    hosts: tuple[HostSpec, ...]
+    parallel: Parallel = "tensor"
+    backend: Backend = "ring"
+    inherits_model: bool = True  # the group named no model, so --model replaces it
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks in the group."""
+        return len(self.hosts)
+
+
+class ClusterSpec(_Spec):
+    """The whole cluster as the supervisor runs it; ``groups`` is never empty."""
+
+    source: str
+    model: str
+    groups: tuple[GroupSpec, ...]
+    nodes: tuple[HostSpec, ...]
+    envs: dict[str, str] = {}
+    api: ApiSpec = ApiSpec()
+    control: ControlSpec = ControlSpec()
+    queue_limit: int = 256
+    max_batch: int = 32
+    restart: RestartSpec = RestartSpec()
+    router: RouterSpec = RouterSpec()
+    api_key: str | None = None
+    log_format: LogFormat = "json"
+
+
+class JacclEnv(_Spec):
+    """What mlx.launch gives every jaccl rank: coordinator address and rdma device matrix."""
+
+    coordinator: str
+    ibv_devices: str
+    ring: bool = False
+
+    def variables(self, ibv_devices_path: str) -> dict[str, str]:
+        """Environment for a rank, given where ``ibv_devices`` was written on its node."""
+        env = {"MLX_JACCL_COORDINATOR": self.coordinator, "MLX_IBV_DEVICES": ibv_devices_path}
+        if self.ring:
+            env["MLX_JACCL_RING"] = "1"
+        return env
+
+
+def is_local(host: HostSpec) -> bool:
+    """True when the host is this machine (ssh empty, localhost, 127.0.0.1 or ::1)."""
+    return checks.is_local_ssh(host.ssh)
+
+
+def load_hostfile(path: str | os.PathLike[str]) -> ClusterSpec:
+    """Read and validate a hostfile; every problem is a one-line HostfileError."""
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise HostfileError(
+            f"{name}: no such file; pass the path of a JSON hostfile (e.g. hostfiles/demo.json)"
+        ) from None
+    except IsADirectoryError:
+        raise HostfileError(f"{name}: is a directory; expected a JSON hostfile") from None
+    except OSError as exc:
+        raise HostfileError(f"{name}: cannot be read ({exc.strerror})") from None
+    return parse_hostfile(data, name)
+
+
+def parse_hostfile(data: bytes, name: str) -> ClusterSpec:
+    """Decode and validate hostfile bytes; ``name`` prefixes every error message."""
+    if not data.strip():
+        raise HostfileError(
+            f'{name}: the file is empty; expected a JSON list of hosts or an object with "hosts"'
+        )
+    try:
+        document = msgspec.json.decode(data, type=HostfileDocument)
+    except msgspec.ValidationError as exc:
+        detail = checks.explain_validation_error(str(exc), HostfileDocument)
+        raise HostfileError(f"{name}: {detail}") from None
+    except msgspec.DecodeError as exc:
+        raise HostfileError(f"{name}: {checks.explain_json_error(str(exc), data)}") from None
+    if isinstance(document, list):
+        document = ClusterFile(hosts=tuple(document))
+    try:
+        return _build_cluster(document, name)
+    except Problem as exc:
+        raise HostfileError(f"{name}: {exc}") from None
+
+
+def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
+    checks.check_model(doc.model, '"model"')
+    backend = checks.check_backend(doc.backend, '"backend"')
+    envs = checks.env_assignments(doc.envs, '"envs"')
+    top = checks.name_hosts(doc.hosts)
+    if doc.groups is None:
+        if not top:
+            raise Problem('no hosts; list at least one host under "hosts"')
+        entries = (GroupEntry(hosts=tuple(range(len(top))), name=DEFAULT_GROUP),)
+    elif not doc.groups:
+        raise Problem(
+            '"groups" is empty; list a group, or leave "groups" out to serve "model" '
+            'from all "hosts" as one group'
+        )
+    else:
+        entries = doc.groups
+    implicit = doc.groups is None
+    groups: list[GroupSpec] = []
+    for i, entry in enumerate(entries):
+        group = _build_group(i, entry, doc, top, backend, implicit)
+        if any(g.name == group.name for g in groups):
+            raise Problem(
+                f"groups {[g.name for g in groups].index(group.name)} and {i} are both "
+                f'named "{group.name}"; group names must be unique'
+            )
+        groups.append(group)
+    nodes = checks.distinct_nodes([g.hosts for g in groups])
+    checks.check_control(doc.control, nodes)
+    return ClusterSpec(
+        source=source,
+        model=doc.model,
+        groups=tuple(groups),
+        nodes=nodes,
+        envs=envs,
+        api=doc.api,
+        control=doc.control,
+        queue_limit=doc.queue_limit,
+        max_batch=doc.max_batch,
+        restart=_check_restart(doc.restart),
+        router=doc.router,
+        api_key=doc.api_key,
+        log_format=doc.log_format,
+    )
+
+
+def _build_group(
+    i: int,
+    entry: GroupEntry,
+    doc: ClusterFile,
+    top: tuple[HostSpec, ...],
+    backend: str,
+    implicit: bool,
+) -> GroupSpec:
+    name = entry.name if entry.name is not None else f"group-{i}"
+    where = "" if implicit else f'group {i} ("{name}")'
+    checks.check_group_name(name, f"group {i}")
+    if entry.model is not None:
+        checks.check_model(entry.model, f'{where} "model"')
+    group_backend = backend
+    if entry.backend is not None:
+        group_backend = checks.check_backend(entry.backend, f'{where} "backend"')
+    hosts, indices = checks.resolve_hosts(entry.hosts, top, where or "the cluster")
+    hosts = checks.project_rdma(hosts, indices, len(top))
+    checks.check_links(hosts, group_backend, where)
+    return GroupSpec(
+        name=name,
+        model=entry.model if entry.model is not None else doc.model,
+        hosts=hosts,
+        parallel=entry.parallel or doc.parallel,
+        backend=group_backend,
+        inherits_model=entry.model is None,
+    )
+
+
+def _check_restart(restart: RestartSpec) -> RestartSpec:
+    if restart.backoff_max < restart.backoff_initial:
+        raise Problem(
+            f"restart.backoff_max ({restart.backoff_max:g}) is below restart.backoff_initial "
+            f"({restart.backoff_initial:g}); the cap must be at least the first delay"
+        )
+    return restart
+
+
+def apply_overrides(
+    spec: ClusterSpec,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    model: str | None = None,
+) -> ClusterSpec:
+    """CLI flags over the file: API host/port, and the model of groups that named none."""
+    api = spec.api
+    if host is not None:
+        api = msgspec.structs.replace(api, host=host)
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise HostfileError(f"--port {port} is out of range; expected 0..65535")
+        api = msgspec.structs.replace(api, port=port)
+    groups, default_model = spec.groups, spec.model
+    if model is not None:
+        if not model.strip():
+            raise HostfileError(
+                '--model is empty; name a model ("demo:tiny", a HF repo id or a path)'
+            )
+        default_model = model
+        groups = tuple(
+            msgspec.structs.replace(g, model=model) if g.inherits_model else g for g in groups
+        )
+    return msgspec.structs.replace(spec, api=api, model=default_model, groups=groups)
+
+
+def ring_ips(host: HostSpec) -> tuple[str, ...]:
+    """The ips a ring rank listens on: its own, or loopback for a local host that lists none."""
+    if host.ips:
+        return host.ips
+    if is_local(host):
+        return ("127.0.0.1",)
+    raise ValueError(f'host "{host.name}" has no "ips"; the ring backend needs one')
+
+
+def ring_hostfile(
+    hosts: Sequence[HostSpec],
+    starting_port: int = RING_STARTING_PORT,
+    connections_per_ip: int = 1,
+) -> list[list[str]]:
+    """The MLX_HOSTFILE content mlx.launch's launch_ring writes: ``ip:port`` lists per rank.
+
+    Ports count up from ``starting_port`` across ranks, ips and connections. mlx.launch writes
+    an empty file instead for a single rank, which needs no ring at all.
+    """
+    port = starting_port
+    ranks = []
+    for host in hosts:
+        addresses = []
+        for ip in ring_ips(host):
+            for _ in range(connections_per_ip):
+                addresses.append(f"{ip}:{port}")
+                port += 1
+        ranks.append(addresses)
+    return ranks
+
+
+def jaccl_env(
+    hosts: Sequence[HostSpec],
+    backend: Backend = "jaccl",
+    starting_port: int = RING_STARTING_PORT,
+) -> JacclEnv:
+    """What mlx.launch's launch_jaccl gives every rank: rank 0's ip:port and the rdma matrix."""
+    coordinator = f"{ring_ips(hosts[0])[0]}:{starting_port}"
+    devices = json.dumps([list(h.rdma) for h in hosts])
+    return JacclEnv(coordinator=coordinator, ibv_devices=devices, ring=backend == "jaccl-ring")

@@ -1,0 +1,331 @@
+"""Hostfile checks beyond field types, and msgspec errors rewritten as one-line hints."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+import msgspec.inspect as mi
+
+if TYPE_CHECKING:
+    from supervisor.hostfile import ControlSpec, HostSpec
+
+LOCAL_SSH = frozenset({"", "localhost", "127.0.0.1", "::1"})
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+BACKENDS = ("ring", "jaccl", "jaccl-ring")
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ENV_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+class Problem(Exception):
+    """A hostfile problem described without the file name (the caller adds it)."""
+
+
+def is_local_ssh(ssh: str) -> bool:
+    """True when ``ssh`` names this machine, so the host is spawned without SSH."""
+    return ssh.strip().lower() in LOCAL_SSH
+
+
+# -- msgspec errors ---------------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+_QUOTED = re.compile(r"`([^`]*)`")
+_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_BYTE = re.compile(r"\s*\(byte (\d+)\)$")
+
+
+def explain_validation_error(message: str, root: object) -> str:
+    """Rewrite a msgspec ValidationError as ``$.path: what is expected``."""
+    match = _AT.match(message)
+    what, path = match["what"], match["path"] or "$"
+    if path == "$" and what.startswith("Expected `object | array`"):
+        got = what.rsplit("`", 2)[-2]
+        return f'$: expected a JSON list of hosts or an object with "hosts", got {got}'
+    if what.startswith("Object contains unknown field"):
+        key = _QUOTED.search(what)[1]
+        return f'{path}: unknown key "{key}"{_key_hint(key, _keys_at(root, path))}'
+    if what.startswith("Object missing required field"):
+        return f'{path}: missing required key "{_QUOTED.search(what)[1]}"'
+    if what.startswith("Invalid enum value"):
+        value = what.removeprefix("Invalid enum value ").strip().strip("'")
+        choices = ", ".join(f'"{c}"' for c in _choices_at(root, path))
+        return f'{path}: invalid value "{value}"; expected one of {choices}'
+    return f"{path}: {what.replace('`', '')}"
+
+
+def explain_json_error(message: str, data: bytes) -> str:
+    """Rewrite a msgspec DecodeError as ``invalid JSON at line L, column C: reason``."""
+    if message == "Input data was truncated":
+        return "invalid JSON: the file ends early (an unclosed bracket, brace or string?)"
+    reason = message.removeprefix("JSON is malformed: ")
+    found = _BYTE.search(reason)
+    if not found:
+        return f"invalid JSON: {reason}"
+    offset = int(found[1])
+    before = data[:offset]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+    return f"invalid JSON at line {line}, column {column}: {reason[: found.start()]}"
+
+
+def _key_hint(key: str, known: Sequence[str]) -> str:
+    if not known:
+        return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f'; did you mean "{close[0]}"?'
+    return "; expected one of " + ", ".join(f'"{k}"' for k in known)
+
+
+def _type_at(root: object, path: str) -> mi.Type | None:
+    """The msgspec type found at a ``$.a[0].b`` path under ``root``, or None."""
+    node = mi.type_info(root)
+    for field, index in _PATH_TOKEN.findall(path.removeprefix("$")):
+        node = _pick(node, want_struct=bool(field))
+        if field and isinstance(node, mi.StructType):
+            node = next((f.type for f in node.fields if f.encode_name == field), None)
+        elif index and isinstance(node, mi.ListType | mi.VarTupleType):
+            node = node.item_type
+        else:
+            return None
+    return node
+
+
+def _pick(node: mi.Type | None, *, want_struct: bool) -> mi.Type | None:
+    if not isinstance(node, mi.UnionType):
+        return node
+    kinds = mi.StructType if want_struct else (mi.ListType, mi.VarTupleType)
+    return next((t for t in node.types if isinstance(t, kinds)), None)
+
+
+def _keys_at(root: object, path: str) -> list[str]:
+    node = _pick(_type_at(root, path), want_struct=True)
+    if not isinstance(node, mi.StructType):
+        return []
+    return [f.encode_name for f in node.fields]
+
+
+def _choices_at(root: object, path: str) -> list[str]:
+    node = _type_at(root, path)
+    members = node.types if isinstance(node, mi.UnionType) else (node,)
+    return [v for t in members if isinstance(t, mi.LiteralType) for v in t.values]
+
+
+# -- semantic checks --------------------------------------------------------------------------
+
+
+def check_backend(backend: str, where: str) -> str:
+    """The backend to use (mlx.launch's default is ring); refuse ones we cannot spawn."""
+    if backend == "":
+        return "ring"
+    if backend in ("mpi", "nccl"):
+        raise Problem(
+            f'{where} "{backend}" is not supported: the supervisor starts every rank itself; '
+            'use "ring", "jaccl" or "jaccl-ring"'
+        )
+    if backend not in BACKENDS:
+        raise Problem(f'{where} "{backend}" is unknown; expected "ring", "jaccl" or "jaccl-ring"')
+    return backend
+
+
+def env_assignments(entries: Sequence[str], where: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings as mlx.launch reads them (``KEY`` alone sets it empty)."""
+    env: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        key, _, value = entry.partition("=")
+        if not ENV_KEY.fullmatch(key):
+            raise Problem(
+                f'{where}[{i}] "{entry}" is not KEY=VALUE with a key of letters, digits and _'
+            )
+        env[key] = value
+    return env
+
+
+def check_env_keys(env: dict[str, str], where: str) -> None:
+    """Refuse environment names a shell could not export."""
+    for key in env:
+        if not ENV_KEY.fullmatch(key):
+            raise Problem(f'{where} key "{key}" is not a valid variable name (letters, digits, _)')
+
+
+def check_model(model: str, where: str) -> None:
+    """A model spec must be a non-empty string."""
+    if not model.strip():
+        raise Problem(f'{where} is empty; name a model ("demo:tiny", a HF repo id or a path)')
+
+
+def check_group_name(name: str, where: str) -> None:
+    """Group names appear in actor ids, logs and metric labels: keep them plain."""
+    if not GROUP_NAME.fullmatch(name):
+        raise Problem(
+            f'{where} name "{name}" must start with a letter or digit and use only '
+            "letters, digits, '.', '_' and '-'"
+        )
+
+
+def name_hosts(hosts: Sequence[HostSpec]) -> tuple[HostSpec, ...]:
+    """Fill each host's name (default: its ssh) and refuse two hosts given one explicit name."""
+    seen: dict[str, int] = {}
+    named = []
+    for i, host in enumerate(hosts):
+        check_env_keys(host.env, f'host {i} "env"')
+        if host.name:
+            if host.name in seen:
+                raise Problem(
+                    f'hosts {seen[host.name]} and {i} are both named "{host.name}"; '
+                    "host names must be unique"
+                )
+            seen[host.name] = i
+        named.append(with_name(host))
+    return tuple(named)
+
+
+def with_name(host: HostSpec) -> HostSpec:
+    """The host with ``name`` filled from ``ssh`` when it was not given."""
+    if host.name:
+        return host
+    return msgspec.structs.replace(host, name=host.ssh.strip() or "localhost")
+
+
+def resolve_hosts(
+    items: Sequence[HostSpec | int | str], top: Sequence[HostSpec], where: str
+) -> tuple[tuple[HostSpec, ...], tuple[int | None, ...]]:
+    """A group's hosts with references resolved, and each one's top-level index (None inline)."""
+    hosts, indices = [], []
+    for j, item in enumerate(items):
+        if isinstance(item, int):
+            if not 0 <= item < len(top):
+                have = f"has {len(top)} entries" if top else "is empty"
+                raise Problem(f'{where} host {j} refers to host {item}, but "hosts" {have}')
+            hosts.append(top[item])
+            indices.append(item)
+        elif isinstance(item, str):
+            found = [k for k, host in enumerate(top) if host.name == item]
+            if not found:
+                known = ", ".join(f'"{h.name}"' for h in top) or "none"
+                raise Problem(
+                    f'{where} host {j} refers to "{item}", which is not a host name '
+                    f"(known: {known})"
+                )
+            if len(found) > 1:
+                raise Problem(
+                    f'{where} host {j} "{item}" matches hosts {found}; give them '
+                    'distinct "name"s or refer to them by index'
+                )
+            hosts.append(top[found[0]])
+            indices.append(found[0])
+        else:
+            check_env_keys(item.env, f'{where} host {j} "env"')
+            hosts.append(with_name(item))
+            indices.append(None)
+    if not hosts:
+        raise Problem(f'{where} has no hosts; list at least one under "hosts"')
+    return tuple(hosts), tuple(indices)
+
+
+def project_rdma(
+    hosts: tuple[HostSpec, ...], indices: tuple[int | None, ...], top_count: int
+) -> tuple[HostSpec, ...]:
+    """Re-index rdma matrices written for all top-level hosts to the group's own order."""
+    if any(k is None for k in indices) or any(len(h.rdma) != top_count for h in hosts):
+        return hosts
+    if list(indices) == list(range(top_count)):
+        return hosts
+    return tuple(msgspec.structs.replace(h, rdma=tuple(h.rdma[k] for k in indices)) for h in hosts)
+
+
+def host_label(where: str, i: int, host: HostSpec) -> str:
+    """``host 2 ("mac3")`` or ``group "big" host 2 ("mac3")`` for messages."""
+    prefix = f"{where} " if where else ""
+    return f'{prefix}host {i} ("{host.name}")'
+
+
+def check_links(hosts: Sequence[HostSpec], backend: str, where: str) -> None:
+    """Check what the ring or jaccl backend needs to connect these ranks (mlx.launch's rules)."""
+    if len(hosts) < 2:
+        return
+    if backend == "ring":
+        _check_ring(hosts, where)
+    else:
+        _check_jaccl(hosts, backend, where)
+
+
+def _check_ring(hosts: Sequence[HostSpec], where: str) -> None:
+    if all(is_local_ssh(h.ssh) for h in hosts):
+        return
+    for i, host in enumerate(hosts):
+        if not host.ips:
+            raise Problem(
+                f'{host_label(where, i, host)} has no "ips"; '
+                "the ring backend needs one per host when hosts are remote"
+            )
+
+
+def _check_jaccl(hosts: Sequence[HostSpec], backend: str, where: str) -> None:
+    n = len(hosts)
+    if not hosts[0].ips and not is_local_ssh(hosts[0].ssh):
+        raise Problem(
+            f'{host_label(where, 0, hosts[0])} has no "ips"; the {backend} backend needs '
+            "rank 0's address (every rank dials it as MLX_JACCL_COORDINATOR)"
+        )
+    for i, host in enumerate(hosts):
+        if len(host.rdma) != n:
+            raise Problem(
+                f'{host_label(where, i, host)} has {len(host.rdma)} "rdma" entries; the '
+                f"{backend} backend needs one per host ({n}), null for itself"
+            )
+        if host.rdma[i] is not None:
+            raise Problem(
+                f'{host_label(where, i, host)} "rdma"[{i}] must be null: '
+                "a host has no RDMA device to itself"
+            )
+    ring = backend == "jaccl-ring"
+    missing = [
+        (i, j)
+        for i, host in enumerate(hosts)
+        for j in (((i - 1) % n, (i + 1) % n) if ring else range(n))
+        if i != j and host.rdma[j] is None
+    ]
+    if missing:
+        pairs = ", ".join(
+            f"{host_label('', i, hosts[i])} to {host_label('', j, hosts[j])}"
+            for i, j in missing[:3]
+        )
+        if len(missing) > 3:
+            pairs += f" and {len(missing) - 3} more"
+        need = "each ring neighbour" if ring else "every other host"
+        prefix = f"{where}: " if where else ""
+        raise Problem(
+            f"{prefix}no RDMA device is listed from {pairs}; the {backend} backend needs one "
+            f"to {need}"
+        )
+
+
+def distinct_nodes(groups_hosts: Sequence[Sequence[HostSpec]]) -> tuple[HostSpec, ...]:
+    """Every machine used by some group, once, by name; one name must mean one ssh target."""
+    nodes: dict[str, HostSpec] = {}
+    for hosts in groups_hosts:
+        for host in hosts:
+            known = nodes.setdefault(host.name, host)
+            if known.ssh != host.ssh:
+                raise Problem(
+                    f'host name "{host.name}" is used for two machines ("{known.ssh}" and '
+                    f'"{host.ssh}"); give each machine its own "name"'
+                )
+    return tuple(nodes.values())
+
+
+def check_control(control: ControlSpec, nodes: Sequence[HostSpec]) -> None:
+    """Remote actors cannot dial back to a loopback control address."""
+    if control.host is None or control.host.strip().lower() not in LOOPBACK:
+        return
+    remote = next((h for h in nodes if not is_local_ssh(h.ssh)), None)
+    if remote is not None:
+        raise Problem(
+            f'control.host "{control.host}" is a loopback address but host "{remote.name}" is '
+            "remote; set control.host to this machine's address on the cluster network "
+            "or leave it out"
+        )

@@ -1,0 +1,85 @@
+"""OTP restart decisions as pure functions: restart type, intensity/period, backoff."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from supervisor.hostfile import RestartSpec
+
+RestartType = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all"]
+
+# 2**64 times any sane backoff_initial is past any cap; stops float overflow for huge intensity.
+_MAX_DOUBLINGS = 64
+
+
+class RestartHistory(msgspec.Struct, frozen=True):
+    """When a child was restarted recently (monotonic seconds, oldest first)."""
+
+    timestamps: tuple[float, ...] = ()
+
+    def within(self, period: float, now: float) -> RestartHistory:
+        """The restarts at most ``period`` seconds before ``now``; older ones are forgotten."""
+        return RestartHistory(tuple(t for t in self.timestamps if now - t <= period))
+
+
+class Restart(msgspec.Struct, frozen=True, tag=True):
+    """Restart the child after ``delay`` seconds; keep ``history`` for the next decision."""
+
+    delay: float
+    history: RestartHistory
+
+
+class GiveUp(msgspec.Struct, frozen=True, tag=True):
+    """Too many restarts too fast: mark the child failed and escalate."""
+
+    reason: str
+
+
+class Leave(msgspec.Struct, frozen=True, tag=True):
+    """The child's restart type says it stays down; nothing failed."""
+
+
+Decision = Restart | GiveUp | Leave
+
+
+def should_restart(restart_type: RestartType, exit_normal: bool) -> bool:
+    """Permanent always, transient only after an abnormal exit, temporary never."""
+    if restart_type == "permanent":
+        return True
+    if restart_type == "transient":
+        return not exit_normal
+    return False
+
+
+def backoff_delay(policy: RestartSpec, restarts_in_period: int) -> float:
+    """Delay before the n-th restart within the period: initial, doubling, capped at max."""
+    doublings = min(max(restarts_in_period - 1, 0), _MAX_DOUBLINGS)
+    return min(policy.backoff_max, policy.backoff_initial * 2.0**doublings)
+
+
+def decide(
+    policy: RestartSpec,
+    history: RestartHistory,
+    now: float,
+    restart_type: RestartType,
+    exit_normal: bool,
+) -> Decision:
+    """What to do when a child exited at ``now``, given its recent restarts."""
+    if not should_restart(restart_type, exit_normal):
+        return Leave()
+    recent = history.within(policy.period, now).timestamps + (now,)
+    if len(recent) > policy.intensity:
+        restarts = f"{len(recent)} restart{'s' if len(recent) > 1 else ''}"
+        return GiveUp(f"{restarts} within {policy.period:g} s exceeds intensity {policy.intensity}")
+    return Restart(delay=backoff_delay(policy, len(recent)), history=RestartHistory(recent))
+
+
+def affected_children(strategy: Strategy, failed: str, children: Sequence[str]) -> tuple[str, ...]:
+    """Which children restart with ``failed``: itself (one_for_one) or all (one_for_all)."""
+    if strategy == "one_for_all":
+        return tuple(children)
+    return (failed,)
