@@ -13,7 +13,7 @@ from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
 from supervisor.handle import ActorHandle
 from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local
-from supervisor.service import ClusterService
+from supervisor.serving import ClusterService
 from supervisor.spawner import LocalSpawner, Spawner, openblas_path
 from supervisor.state import ClusterState, GroupDeclared, NodeDeclared, NodeStatus
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
