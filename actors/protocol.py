@@ -92,6 +92,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     response_format: ResponseFormat | None = None
     session: str | None = None
     resume_tokens: list[int] = []
+    ignore_eos: bool = False  # benchmarks and tests: decode exactly max_tokens
 
 
 # --------------------------------------------------------------------------- #

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=_port, help="API port (overrides the hostfile)")
     start.add_argument("--model", help="model spec: demo:tiny, a HF repo id or a local path")
     start.add_argument("--log-format", choices=("json", "console"), default=None)
-    start.add_argument("--drain-timeout", type=float, default=30.0,
-                       help="seconds to finish in-flight work on stop")
+    start.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on stop"
+    )
     for name, text in (("status", "cluster status"), ("nodes", "nodes and their actors")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     try:
-        spec = apply_overrides(load_hostfile(args.hostfile), host=args.host, port=args.port,
-                               model=args.model)
+        spec = apply_overrides(
+            load_hostfile(args.hostfile), host=args.host, port=args.port, model=args.model
+        )
     except HostfileError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,8 +79,10 @@ def _start(args: argparse.Namespace) -> int:
     try:
         sock = _bind(spec.api.host, spec.api.port)
     except OSError as exc:
-        print(f"supervisor: cannot listen on {spec.api.host}:{spec.api.port}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"supervisor: cannot listen on {spec.api.host}:{spec.api.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     return asyncio.run(_serve(spec, sock, args.drain_timeout))
 
@@ -95,16 +99,20 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     from api.app import create_app
-
     from supervisor.cluster import Cluster
 
     log = structlog.get_logger()
     cluster = Cluster(spec)
     await cluster.start()
-    app = create_app(cluster.service, status=cluster.state.snapshot, health=cluster.state.health,
-                     api_key=spec.api_key)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
+    app = create_app(
+        cluster.service,
+        status=cluster.state.snapshot,
+        health=cluster.state.health,
+        api_key=spec.api_key,
+    )
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,8 +121,9 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     host, port = sock.getsockname()[:2]
     log.info("api_listening", host=host, port=port, url=f"http://{host}:{port}")
     serving = asyncio.create_task(server.serve(sockets=[sock]))
-    await asyncio.wait([serving, asyncio.ensure_future(stop.wait())],
-                       return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     log.info("stopping", drain_timeout=drain_timeout)
     await cluster.drain(drain_timeout)
     server.should_exit = True
@@ -158,14 +167,18 @@ def render_status(status: dict, nodes_only: bool = False) -> str:
             if actor["node"] == node["name"]:
                 age = actor["last_heartbeat_age"]
                 age_text = "-" if age is None else f"{age:.1f}s"
-                lines.append(f"  {actor['id']:<28} {actor['kind']:<10} pid {actor['pid'] or '-':<8}"
-                             f" {actor['state']:<10} restarts {actor['restarts']:<3} "
-                             f"heartbeat {age_text}")
+                lines.append(
+                    f"  {actor['id']:<28} {actor['kind']:<10} pid {actor['pid'] or '-':<8}"
+                    f" {actor['state']:<10} restarts {actor['restarts']:<3} "
+                    f"heartbeat {age_text}"
+                )
     if not nodes_only:
         for g in status["groups"]:
-            lines.append(f"group {g['name']:<19} {g['state']:<10} model {g['model']} "
-                         f"in_flight {g['in_flight']} served {g['served']} restarts "
-                         f"{g['restarts']} {g['reason']}")
+            lines.append(
+                f"group {g['name']:<19} {g['state']:<10} model {g['model']} "
+                f"in_flight {g['in_flight']} served {g['served']} restarts "
+                f"{g['restarts']} {g['reason']}"
+            )
         lines.append(f"queue depth {status['queue_depth']}, requests {status['requests_total']}")
     return "\n".join(lines)
 

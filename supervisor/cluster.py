@@ -52,8 +52,9 @@ class GenerationGroup:
 
 
 class Cluster:
-    def __init__(self, spec: ClusterSpec, *,
-                 spawner_for: Callable[[HostSpec], Spawner] | None = None):
+    def __init__(
+        self, spec: ClusterSpec, *, spawner_for: Callable[[HostSpec], Spawner] | None = None
+    ):
         self.spec = spec
         self.state = ClusterState()
         self._token = secrets.token_urlsafe(32)
@@ -79,8 +80,11 @@ class Cluster:
         host, port = await self.control.start()
         log.info("control_listening", host=host, port=port)
         if openblas_path() is None and _is_linux():
-            log.warning("blas_hint", message="OpenBLAS not found; MLX on Linux decodes ~2x "
-                        "slower with its built-in BLAS: apt-get install libopenblas0-pthread")
+            log.warning(
+                "blas_hint",
+                message="OpenBLAS not found; MLX on Linux decodes ~2x "
+                "slower with its built-in BLAS: apt-get install libopenblas0-pthread",
+            )
         for node in self.spec.nodes:
             self.state.apply(NodeDeclared(node_name(node), node.ssh, is_local(node)))
             self._add(self._memory_supervisor(node, port))
@@ -94,35 +98,60 @@ class Cluster:
         self._tasks.append(asyncio.create_task(sup.run(), name=f"sup-{sup.name}"))
 
     def _config(self, actor_id: str, kind: str, host: HostSpec, port: int, **extra) -> ActorConfig:
-        return ActorConfig(actor_id=actor_id, kind=kind, node=node_name(host),
-                           control_host=self._control_host, control_port=port, **extra)
+        return ActorConfig(
+            actor_id=actor_id,
+            kind=kind,
+            node=node_name(host),
+            control_host=self._control_host,
+            control_port=port,
+            **extra,
+        )
 
     def _env(self, host: HostSpec) -> dict[str, str]:
         return {**self.spec.envs, **host.env}
 
     def _memory_supervisor(self, host: HostSpec, port: int) -> ChildSupervisor:
         node = node_name(host)
-        spec = ChildSpec(self._config(f"{node}.memory", "memory", host, port),
-                         self._spawner_for(host), env=self._env(host), python=host.python)
+        spec = ChildSpec(
+            self._config(f"{node}.memory", "memory", host, port),
+            self._spawner_for(host),
+            env=self._env(host),
+            python=host.python,
+        )
         sup = self._child_supervisor(f"{node}.memory", [spec])
 
         def on_state(state: str) -> None:
             up = state == "ready"
-            self.state.apply(NodeStatus(node, "up" if up else "down" if state == "failed"
-                                        else "connecting", "" if up else state))
+            self.state.apply(
+                NodeStatus(
+                    node,
+                    "up" if up else "down" if state == "failed" else "connecting",
+                    "" if up else state,
+                )
+            )
 
         sup.on_state = on_state
         return sup
 
     def _group_supervisor(self, group: GroupSpec, port: int) -> ChildSupervisor:
         nodes = [node_name(h) for h in group.hosts]
-        self.state.apply(GroupDeclared(group.name, group.model, nodes, group.parallel,
-                                       group.backend))
+        self.state.apply(
+            GroupDeclared(group.name, group.model, nodes, group.parallel, group.backend)
+        )
         children = [
             ChildSpec(
-                self._config(f"{group.name}.rank{rank}", "generation", host, port, rank=rank,
-                             world_size=len(group.hosts), group=group.name, model=group.model,
-                             max_batch=self.spec.max_batch, parallel=group.parallel),
+                self._config(
+                    f"{group.name}.rank{rank}",
+                    "generation",
+                    host,
+                    port,
+                    rank=rank,
+                    world_size=len(group.hosts),
+                    group=group.name,
+                    model=group.model,
+                    max_batch=self.spec.max_batch,
+                    parallel=group.parallel,
+                ),
                 self._spawner_for(host),
                 env=self._env(host),
                 python=host.python,
@@ -131,11 +160,19 @@ class Cluster:
         ]
         return self._child_supervisor(group.name, children, group=group.name)
 
-    def _child_supervisor(self, name: str, children: list[ChildSpec],
-                          group: str | None = None) -> ChildSupervisor:
-        return ChildSupervisor(name, children, control=self.control, state=self.state,
-                               token=self._token, restart_policy=self.spec.restart,
-                               timeouts=self._timeouts, group=group)
+    def _child_supervisor(
+        self, name: str, children: list[ChildSpec], group: str | None = None
+    ) -> ChildSupervisor:
+        return ChildSupervisor(
+            name,
+            children,
+            control=self.control,
+            state=self.state,
+            token=self._token,
+            restart_policy=self.spec.restart,
+            timeouts=self._timeouts,
+            group=group,
+        )
 
     async def drain(self, timeout: float) -> None:
         """Refuse new work (503) and wait for in-flight requests, at most ``timeout`` s."""

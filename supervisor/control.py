@@ -21,8 +21,9 @@ HELLO_TIMEOUT = 10.0
 
 
 class ControlServer:
-    def __init__(self, token: str, host: str = "127.0.0.1", port: int = 0,
-                 heartbeat_interval: float = 1.0):
+    def __init__(
+        self, token: str, host: str = "127.0.0.1", port: int = 0, heartbeat_interval: float = 1.0
+    ):
         self._token = token
         self._host = host
         self._port = port
@@ -64,15 +65,25 @@ class ControlServer:
         peer = writer.get_extra_info("peername")
         try:
             hello = await asyncio.wait_for(read_message(reader), HELLO_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, FrameError, ValueError, ConnectionError) as exc:
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            FrameError,
+            ValueError,
+            ConnectionError,
+        ) as exc:
             log.warning("control_connection_dropped", peer=str(peer), reason=type(exc).__name__)
             writer.close()
             return
         reason = self._refusal(hello)
         if reason is not None:
             self.refused += 1
-            log.warning("actor_refused", peer=str(peer), reason=reason,
-                        actor_id=getattr(hello, "actor_id", None))
+            log.warning(
+                "actor_refused",
+                peer=str(peer),
+                reason=reason,
+                actor_id=getattr(hello, "actor_id", None),
+            )
             write_message(writer, Refused(reason=reason))
             await _drain_and_close(writer)
             return

@@ -110,8 +110,14 @@ class LocalSpawner:
             stderr=asyncio.subprocess.PIPE,
             limit=1 << 20,
         )
-        log.info("actor_spawned", actor_id=launch.config.actor_id, node=launch.config.node,
-                 pid=proc.pid, kind=launch.config.kind, blas=env.get("LD_PRELOAD", "builtin"))
+        log.info(
+            "actor_spawned",
+            actor_id=launch.config.actor_id,
+            node=launch.config.node,
+            pid=proc.pid,
+            kind=launch.config.kind,
+            blas=env.get("LD_PRELOAD", "builtin"),
+        )
         return LocalProcess(proc, launch)
 
 

@@ -109,9 +109,19 @@ class RequestEnded:
 
 
 Event = (
-    NodeDeclared | NodeStatus | GroupDeclared | GroupState | ActorStarting | ActorSpawned
-    | ActorHeartbeat | ActorLoading | ActorReady | ActorStopped | ActorRestarted
-    | RequestStarted | RequestEnded
+    NodeDeclared
+    | NodeStatus
+    | GroupDeclared
+    | GroupState
+    | ActorStarting
+    | ActorSpawned
+    | ActorHeartbeat
+    | ActorLoading
+    | ActorReady
+    | ActorStopped
+    | ActorRestarted
+    | RequestStarted
+    | RequestEnded
 )
 
 # --------------------------------------------------------------------------- #
@@ -261,13 +271,17 @@ class ClusterState:
                 group.errors += 1
         self.tokens_total += e.completion_tokens
         self.recent_requests.append(
-            {"request_id": e.request_id, "group": e.group, "outcome": e.outcome,
-             "prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
-             "at": self._wall()}
+            {
+                "request_id": e.request_id,
+                "group": e.group,
+                "outcome": e.outcome,
+                "prompt_tokens": e.prompt_tokens,
+                "completion_tokens": e.completion_tokens,
+                "at": self._wall(),
+            }
         )
         if e.outcome == "error":
-            self._error("request_failed", request_id=e.request_id, group=e.group,
-                        message=e.error)
+            self._error("request_failed", request_id=e.request_id, group=e.group, message=e.error)
 
     def _error(self, kind: str, **fields) -> None:
         self.recent_errors.append({"kind": kind, "at": self._wall(), **fields})
@@ -311,8 +325,13 @@ class ClusterState:
             "requests_total": self.requests_total,
             "tokens_total": self.tokens_total,
             "nodes": [
-                {"name": n.name, "ssh": n.ssh, "local": n.local, "state": n.state,
-                 "reason": n.reason}
+                {
+                    "name": n.name,
+                    "ssh": n.ssh,
+                    "local": n.local,
+                    "state": n.state,
+                    "reason": n.reason,
+                }
                 for n in self.nodes.values()
             ],
             "actors": [_actor_json(a, now) for a in self.actors.values()],
@@ -324,15 +343,28 @@ def _actor_json(a: ActorView, now: float) -> dict:
     age = None if a.last_heartbeat is None else round(now - a.last_heartbeat, 3)
     v = a.vitals
     return {
-        "id": a.actor_id, "kind": a.kind, "node": a.node, "group": a.group, "rank": a.rank,
-        "pid": a.pid, "state": a.state, "restarts": a.restarts, "last_heartbeat_age": age,
-        "reason": a.reason, "load": {"stage": a.load_stage, "fraction": a.load_fraction},
+        "id": a.actor_id,
+        "kind": a.kind,
+        "node": a.node,
+        "group": a.group,
+        "rank": a.rank,
+        "pid": a.pid,
+        "state": a.state,
+        "restarts": a.restarts,
+        "last_heartbeat_age": age,
+        "reason": a.reason,
+        "load": {"stage": a.load_stage, "fraction": a.load_fraction},
         "vitals": {
-            "rss_bytes": v.rss_bytes, "cpu_percent": v.cpu_percent,
-            "active_requests": v.active_requests, "queued_requests": v.queued_requests,
-            "batch_size": v.batch_size, "peak_batch_size": v.peak_batch_size,
-            "tokens_generated": v.tokens_generated, "requests_done": v.requests_done,
-            "cache_hits": v.cache_hits, "mem_total": v.mem_total,
+            "rss_bytes": v.rss_bytes,
+            "cpu_percent": v.cpu_percent,
+            "active_requests": v.active_requests,
+            "queued_requests": v.queued_requests,
+            "batch_size": v.batch_size,
+            "peak_batch_size": v.peak_batch_size,
+            "tokens_generated": v.tokens_generated,
+            "requests_done": v.requests_done,
+            "cache_hits": v.cache_hits,
+            "mem_total": v.mem_total,
             "mem_available": v.mem_available,
         },
         "info": a.info,
@@ -341,8 +373,18 @@ def _actor_json(a: ActorView, now: float) -> dict:
 
 def _group_json(g: GroupView) -> dict:
     return {
-        "name": g.name, "model": g.model, "nodes": g.nodes, "parallel": g.parallel,
-        "backend": g.backend, "state": g.state, "reason": g.reason, "restarts": g.restarts,
-        "in_flight": g.in_flight, "served": g.served, "errors": g.errors, "tokens": g.tokens,
-        "context_length": g.context_length, "peak_batch_size": g.peak_batch_size,
+        "name": g.name,
+        "model": g.model,
+        "nodes": g.nodes,
+        "parallel": g.parallel,
+        "backend": g.backend,
+        "state": g.state,
+        "reason": g.reason,
+        "restarts": g.restarts,
+        "in_flight": g.in_flight,
+        "served": g.served,
+        "errors": g.errors,
+        "tokens": g.tokens,
+        "context_length": g.context_length,
+        "peak_batch_size": g.peak_batch_size,
     }

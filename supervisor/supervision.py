@@ -124,8 +124,7 @@ class ChildSupervisor:
                 break
             log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
             restart_type = self._specs[0].restart
-            decision = decide(self._policy, history, time.monotonic(), restart_type,
-                              failure.normal)
+            decision = decide(self._policy, history, time.monotonic(), restart_type, failure.normal)
             if isinstance(decision, GiveUp):
                 self.failed = True
                 reason = f"{failure.reason}; {decision.reason}"
@@ -141,8 +140,9 @@ class ChildSupervisor:
             restarted = True
             for spec in self._specs:
                 self._state.apply(ActorRestarted(spec.config.actor_id))
-            self._set_group_state("restarting", f"{failure.reason}; restart in "
-                                  f"{decision.delay:.1f} s")
+            self._set_group_state(
+                "restarting", f"{failure.reason}; restart in {decision.delay:.1f} s"
+            )
             try:
                 await asyncio.wait_for(self._stopping.wait(), decision.delay)
             except TimeoutError:
@@ -176,8 +176,10 @@ class ChildSupervisor:
             for child in self._children:
                 await self._start_child(child, watchers)
             await self._await_or_fail(
-                asyncio.gather(*(c.ready for c in self._children)), self._timeouts.load,
-                "model load")
+                asyncio.gather(*(c.ready for c in self._children)),
+                self._timeouts.load,
+                "model load",
+            )
             self.leader = self._children[0].handle
             self.context_length = self._children[0].ready.result().context_length
             self.ready.set()
@@ -195,8 +197,9 @@ class ChildSupervisor:
         cfg = child.spec.config
         self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
         hello = self._control.expect(cfg.actor_id)
-        launch = ActorLaunch(config=cfg, token=self._token, env=child.spec.env,
-                             python=child.spec.python)
+        launch = ActorLaunch(
+            config=cfg, token=self._token, env=child.spec.env, python=child.spec.python
+        )
         try:
             child.process = await child.spec.spawner.spawn(launch)
         except Exception as exc:
@@ -213,8 +216,9 @@ class ChildSupervisor:
     async def _await_or_fail(self, awaitable, timeout: float, what: str):
         """Wait for ``awaitable`` unless a child fails first or the time runs out."""
         task = asyncio.ensure_future(awaitable)
-        done, _ = await asyncio.wait({task, self._failure}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, self._failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             return task.result()
         task.cancel()
@@ -249,19 +253,22 @@ class ChildSupervisor:
                     continue
                 silent = now - child.last_beat
                 if silent > self._timeouts.heartbeat:
-                    self._fail(ChildFailed(
-                        f"{child.actor_id} heartbeat silent for {silent:.1f} s"))
+                    self._fail(ChildFailed(f"{child.actor_id} heartbeat silent for {silent:.1f} s"))
                     return
                 if not self.ready.is_set():
                     continue  # loading: heartbeats alone tell life
-                busy = child.active > 0 or (child is self._children[0]
-                                            and child.handle.streams_open > 0)
+                busy = child.active > 0 or (
+                    child is self._children[0] and child.handle.streams_open > 0
+                )
                 if not busy:
                     child.progress_at = now
                 elif now - child.progress_at > self._timeouts.watchdog:
-                    self._fail(ChildFailed(
-                        f"{child.actor_id} made no progress for "
-                        f"{now - child.progress_at:.1f} s with work in flight (watchdog)"))
+                    self._fail(
+                        ChildFailed(
+                            f"{child.actor_id} made no progress for "
+                            f"{now - child.progress_at:.1f} s with work in flight (watchdog)"
+                        )
+                    )
                     return
 
     def _on_message(self, child: _Child, msg) -> None:
@@ -298,6 +305,5 @@ class ChildSupervisor:
 
     def _set_group_state(self, state: str, reason: str = "", restarted: bool = False) -> None:
         if self.group is not None:
-            self._state.apply(GroupState(self.group, state, reason, restarted,
-                                         self.context_length))
+            self._state.apply(GroupState(self.group, state, reason, restarted, self.context_length))
         self.on_state(state)

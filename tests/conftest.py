@@ -48,8 +48,13 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
 class RunningSupervisor:
     """A `supervisor start` child process; every PID it or its children had is ended."""
 
-    def __init__(self, tmp: Path, hostfile: dict, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        hostfile: dict,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.port = free_port()
         hostfile = {**hostfile, "api": {"host": "127.0.0.1", "port": self.port}}
         self.hostfile_path = tmp / "hostfile.json"
@@ -57,9 +62,17 @@ class RunningSupervisor:
         self.log_path = tmp / "supervisor.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "start", str(self.hostfile_path),
-             *(extra_args or [])],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "supervisor.cli",
+                "start",
+                str(self.hostfile_path),
+                *(extra_args or []),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
         self.url = f"http://127.0.0.1:{self.port}"

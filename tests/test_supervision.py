@@ -44,14 +44,30 @@ class Tree:
         _, port = await self.control.start()
         spawner = LocalSpawner()
         children = [
-            ChildSpec(ActorConfig(actor_id=f"g.rank{r}", kind="memory", node="local",
-                                  control_host="127.0.0.1", control_port=port, rank=r), spawner)
+            ChildSpec(
+                ActorConfig(
+                    actor_id=f"g.rank{r}",
+                    kind="memory",
+                    node="local",
+                    control_host="127.0.0.1",
+                    control_port=port,
+                    rank=r,
+                ),
+                spawner,
+            )
             for r in range(self.n)
         ]
         self.state.apply(GroupDeclared("g", "none", ["local"], "tensor", "ring"))
-        self.sup = ChildSupervisor("g", children, control=self.control, state=self.state,
-                                   token=TOKEN, restart_policy=self.policy,
-                                   timeouts=Timeouts(heartbeat=self.heartbeat), group="g")
+        self.sup = ChildSupervisor(
+            "g",
+            children,
+            control=self.control,
+            state=self.state,
+            token=TOKEN,
+            restart_policy=self.policy,
+            timeouts=Timeouts(heartbeat=self.heartbeat),
+            group="g",
+        )
         self.task = asyncio.create_task(self.sup.run())
         return self
 
@@ -79,8 +95,11 @@ async def test_children_start_and_report_heartbeats():
     async with Tree(n=2) as tree:
         pids = await tree.ready()
         assert all(pids) and len(set(pids)) == 2
-        await until(lambda: all(tree.state.actors[f"g.rank{r}"].vitals.mem_total > 0
-                                for r in range(2)), 5, "heartbeat vitals")
+        await until(
+            lambda: all(tree.state.actors[f"g.rank{r}"].vitals.mem_total > 0 for r in range(2)),
+            5,
+            "heartbeat vitals",
+        )
         assert tree.state.groups["g"].state == "ready"
 
 
@@ -116,8 +135,11 @@ async def test_restart_intensity_exceeded_marks_group_failed():
         for _ in range(3):
             (pid,) = await tree.ready()
             os.kill(pid, signal.SIGKILL)
-            await until(lambda p=pid: tree.state.actors["g.rank0"].pid != p
-                        or tree.sup.failed, 10, "the next incarnation or failure")
+            await until(
+                lambda p=pid: tree.state.actors["g.rank0"].pid != p or tree.sup.failed,
+                10,
+                "the next incarnation or failure",
+            )
         await asyncio.wait_for(tree.task, 10)
         assert tree.sup.failed
         group = tree.state.groups["g"]
@@ -132,11 +154,17 @@ async def test_wrong_token_is_refused_and_the_actor_exits():
     _, port = await control.start()
     try:
         control.expect("x.memory")
-        cfg = ActorConfig(actor_id="x.memory", kind="memory", node="local",
-                          control_host="127.0.0.1", control_port=port)
+        cfg = ActorConfig(
+            actor_id="x.memory",
+            kind="memory",
+            node="local",
+            control_host="127.0.0.1",
+            control_port=port,
+        )
         env = actor_environment(ActorLaunch(cfg, token="not-the-token"), dict(os.environ))
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "actors", "memory",
-                                                    env=env, stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "actors", "memory", env=env, stderr=asyncio.subprocess.PIPE
+        )
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 3
         assert b"actor_refused" in err and b"wrong cluster token" in err
@@ -150,8 +178,9 @@ async def test_unexpected_actor_id_is_refused():
     host, port = await control.start()
     try:
         reader, writer = await asyncio.open_connection(host, port)
-        write_message(writer, Hello(actor_id="stranger", kind="memory", node="n", pid=1,
-                                    token=TOKEN))
+        write_message(
+            writer, Hello(actor_id="stranger", kind="memory", node="n", pid=1, token=TOKEN)
+        )
         reply = await asyncio.wait_for(read_message(reader), 5)
         assert isinstance(reply, Refused) and "unexpected actor id" in reply.reason
         writer.close()

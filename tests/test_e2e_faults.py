@@ -1,0 +1,202 @@
+"""End to end failures: a real supervisor, real actors killed and frozen, real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ROOT, demo_hostfile, wait_for
+
+MODEL = "demo:tiny"
+
+
+def client_for(sup, timeout: float = 60) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=timeout)
+
+
+def ask(sup, max_tokens: int = 8):
+    return client_for(sup).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens
+    )
+
+
+def test_kill_9_generation_actor_is_restarted_and_serves(start_supervisor):
+    sup = start_supervisor(demo_hostfile(restart={"backoff_initial": 0.1}))
+    sup.wait_healthy()
+    before = sup.actor("generation")
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_for(lambda: sup.actor("generation")["restarts"] >= 1, 30, "a restart")
+    sup.wait_healthy()
+    after = sup.actor("generation")
+    assert after["pid"] != before["pid"]
+    assert ask(sup).choices[0].finish_reason in ("stop", "length")
+
+
+def test_sigstop_detected_by_heartbeat_and_inflight_request_errors(start_supervisor):
+    sup = start_supervisor(demo_hostfile(restart={"backoff_initial": 0.1, "heartbeat_timeout": 3}))
+    sup.wait_healthy()
+    pid = sup.actor("generation")["pid"]
+    stream = client_for(sup).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "go on"}],
+        max_tokens=100000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(openai.APIError) as info:
+            for _ in stream:
+                pass
+        assert "lost" in str(info.value.message) or "killed" in str(info.value.message)
+        wait_for(lambda: sup.actor("generation")["restarts"] >= 1, 15, "a restart")
+        detected = time.monotonic() - stopped_at
+        assert detected < 8, f"silence took {detected:.1f} s to detect"
+        sup.wait_healthy()
+        assert sup.actor("generation")["pid"] != pid
+        assert ask(sup).choices
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_restart_intensity_exceeded_fails_the_group_and_health_says_so(start_supervisor):
+    sup = start_supervisor(
+        demo_hostfile(restart={"intensity": 1, "period": 60, "backoff_initial": 0.05})
+    )
+    sup.wait_healthy()
+    first = sup.actor("generation")["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: sup.actor("generation")["pid"] not in (None, first), 30, "a second pid")
+    sup.wait_healthy()
+    os.kill(sup.actor("generation")["pid"], signal.SIGKILL)
+    wait_for(lambda: sup.actor("generation")["state"] == "failed", 30, "the actor failed")
+    code, health = sup.health()
+    assert code == 503
+    assert health["status"] == "failed"
+    assert "exceeds intensity 1" in health["groups"]["main"]["reason"]
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(sup)
+    assert info.value.status_code == 503
+
+
+def test_queue_full_is_429_with_retry_after(start_supervisor):
+    sup = start_supervisor(demo_hostfile(queue_limit=1))
+    sup.wait_healthy()
+    started = threading.Event()
+    holder: dict = {}
+
+    def long_stream():
+        with httpx.stream(
+            "POST",
+            sup.url + "/v1/completions",
+            timeout=120,
+            json={
+                "model": MODEL,
+                "prompt": "x",
+                "max_tokens": 100000,
+                "stream": True,
+                "ignore_eos": True,
+            },
+        ) as r:
+            for _ in r.iter_lines():
+                started.set()
+                if holder.get("done"):
+                    return
+
+    t = threading.Thread(target=long_stream, daemon=True)
+    t.start()
+    assert started.wait(60)
+    r = httpx.post(
+        sup.url + "/v1/completions",
+        timeout=30,
+        json={"model": MODEL, "prompt": "y", "max_tokens": 2},
+    )
+    holder["done"] = True
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    t.join(60)
+    wait_for(lambda: sup.status()["queue_depth"] == 0, 30, "the cancelled stream to end")
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"hosts": [{"ssh": "localhost"}], "restart": {"intensity": "x"}}', "intensity"),
+        ('{"hosts": []}', "host"),
+        ('{"hosts": [{"ssh": "localhost"}], "bogus": 1}', "bogus"),
+        ('{"hosts": [{"ssh": "localhost"}], "api": {"port": 99999}}', "port"),
+        ("{not json", "JSON"),
+    ],
+)
+def test_bad_hostfile_is_one_line_exit_2(tmp_path, content, expected):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    result = run_cli("start", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "bad.json" in lines[0] and expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["start"], "hostfile"),
+        (["start", "hostfiles/demo.json", "--port", "abc"], "port"),
+        (["start", "hostfiles/demo.json", "--bogus"], "--bogus"),
+        (["frobnicate"], "frobnicate"),
+        (["start", "/no/such/file.json"], "no such file"),
+    ],
+)
+def test_bad_cli_flags_are_one_line_exit_2(args, expected):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+
+
+def test_sigterm_stops_every_actor(start_supervisor):
+    sup = start_supervisor(demo_hostfile())
+    sup.wait_healthy()
+    pids = [a["pid"] for a in sup.status()["actors"]]
+    assert len(pids) == 2
+    sup.proc.send_signal(signal.SIGTERM)
+    assert sup.proc.wait(30) == 0
+    for pid in pids:
+        wait_for(lambda p=pid: not _alive(p), 10, f"actor {pid} to end")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
