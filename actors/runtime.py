@@ -112,8 +112,10 @@ class ActorRuntime:
         while True:
             msg = self._channel.recv()
             if msg is None:
-                log.warning("supervisor_gone", actor_id=self.config.actor_id)
-                os._exit(1)  # the supervisor is gone: never linger as an orphan
+                try:
+                    log.warning("supervisor_gone", actor_id=self.config.actor_id)
+                finally:
+                    os._exit(1)  # the supervisor is gone: never linger as an orphan
             if isinstance(msg, Shutdown):
                 self._stopping.set()
                 return
