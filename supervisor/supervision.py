@@ -280,8 +280,22 @@ class ChildSupervisor:
                 child.progress, child.progress_at = msg.vitals.progress, now
             self._state.apply(ActorHeartbeat(child.actor_id, msg.vitals))
         elif isinstance(msg, LoadProgress):
+            log.info(
+                "actor_loading",
+                actor_id=child.actor_id,
+                stage=msg.stage,
+                fraction=round(msg.fraction, 3),
+                detail=msg.detail,
+            )
             self._state.apply(ActorLoading(child.actor_id, msg.stage, msg.fraction))
         elif isinstance(msg, Ready):
+            log.info(
+                "actor_ready",
+                actor_id=child.actor_id,
+                model=msg.model,
+                load_seconds=round(msg.load_seconds, 3),
+                **msg.info,
+            )
             self._state.apply(ActorReady(child.actor_id, msg.info))
             if not child.ready.done():
                 child.ready.set_result(msg)
