@@ -1,4 +1,4 @@
-"""The Litestar application: OpenAI endpoints, health and cluster status, one error shape."""
+"""The Litestar application: OpenAI and Ollama endpoints, health and cluster status."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from litestar import Litestar, Response, Router, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import ControllerRouterHandler, Guard, LifespanHook
 
 from api.errors import handle_exception
-from api.routes_openai import openai_router
+from api.routes_ollama import ollama_root, ollama_root_head, ollama_router
+from api.routes_openai import ERROR_RESPONSES, openai_router
 from supervisor.service import GenerationService
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
@@ -55,25 +56,44 @@ def create_app(
     """Build the HTTP app over ``service``.
 
     ``status`` feeds ``GET /api/cluster/status``; ``health`` returns the status code and
-    body of ``GET /health``. With ``api_key`` set, ``/v1/*`` and ``/api/*`` require
-    ``Authorization: Bearer <api_key>``; ``/health`` and ``/schema`` stay open.
+    body of ``GET /health``. With ``api_key`` set, ``/v1/*`` and ``/api/*`` (OpenAI's and
+    Ollama's endpoints) require ``Authorization: Bearer <api_key>``; ``/health``, ``/schema``
+    and Ollama's ``/`` probe stay open.
     ``route_handlers`` are mounted at the root as they are; ``api_route_handlers`` under
     ``/api`` behind the same key.
     """
     guards = [require_api_key(api_key)] if api_key else []
 
-    @get("/health", summary="Liveness and readiness", tags=["cluster"])
+    @get(
+        "/health",
+        summary="Liveness and readiness",
+        tags=["cluster"],
+        responses={503: ResponseSpec(dict, description="Not ready to serve, or draining")},
+    )
     async def health_check() -> Response[dict]:
         code, body = await _call(health)
         return Response(body, status_code=code)
 
-    @get("/cluster/status", summary="Cluster state as JSON", tags=["cluster"])
+    @get(
+        "/cluster/status",
+        summary="Cluster state as JSON",
+        tags=["cluster"],
+        responses={401: ERROR_RESPONSES[401]},
+    )
     async def cluster_status() -> dict:
         return await _call(status)
 
     api = Router("/api", route_handlers=[cluster_status, *api_route_handlers], guards=guards)
     return Litestar(
-        route_handlers=[openai_router(service, guards), api, health_check, *route_handlers],
+        route_handlers=[
+            openai_router(service, guards),
+            ollama_router(service, guards),
+            api,
+            health_check,
+            ollama_root,
+            ollama_root_head,
+            *route_handlers,
+        ],
         exception_handlers={Exception: handle_exception},
         on_startup=list(on_startup),
         on_shutdown=list(on_shutdown),

@@ -153,7 +153,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
 
 class CompletionRequest(SamplingFields, kw_only=True):
     # A list is accepted so that a one-string list works and token arrays get a clear error.
-    prompt: str | list[Any]
+    prompt: Annotated[str, Meta(min_length=1)] | list[Any]
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     echo: bool | None = None
     suffix: str | None = None

@@ -34,6 +34,7 @@ from api.openai_models import (
     ModelList,
 )
 from api.openai_stream import ChatStreamAssembler, CompletionStreamAssembler
+from api.openapi import also_streamed, sse_event
 from supervisor.service import GenerationService, ModelNotFound, ServiceError
 
 log = structlog.get_logger(__name__)
@@ -53,23 +54,35 @@ ERROR_RESPONSES = {
 }
 
 
+class ServedModelCard(ModelCard, tag="model"):
+    """OpenAI's model object plus the groups serving the model (an extra field clients skip)."""
+
+    groups: list[str] = []
+
+
 def openai_router(service: GenerationService, guards: Sequence[Guard] = ()) -> Router:
     """The /v1 endpoints, bound to ``service``."""
 
-    @get("/models", summary="List the models this cluster serves")
+    @get(
+        "/models",
+        summary="List the models this cluster serves",
+        responses={401: ERROR_RESPONSES[401]},
+    )
     async def list_models() -> ModelList:
-        return ModelList([ModelCard(m.id, m.created, m.owned_by) for m in service.list_models()])
+        return ModelList(
+            [ServedModelCard(m.id, m.created, m.owned_by, m.groups) for m in service.list_models()]
+        )
 
     @get(
         "/models/{model_id:path}",
         summary="One model; ids may contain '/' and ':'",
-        responses={404: ERROR_RESPONSES[404]},
+        responses={400: ERROR_RESPONSES[400], 401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]},
     )
     async def get_model(model_id: FromPath[Path]) -> ModelCard:
         wanted = str(model_id).lstrip("/")
         for m in service.list_models():
             if m.id == wanted:
-                return ModelCard(m.id, m.created, m.owned_by)
+                return ServedModelCard(m.id, m.created, m.owned_by, m.groups)
         raise ModelNotFound(
             f"model '{wanted}' is not served here; GET /v1/models lists the models", param="model"
         )
@@ -79,6 +92,9 @@ def openai_router(service: GenerationService, guards: Sequence[Guard] = ()) -> R
         summary="Chat completion (stream=true answers text/event-stream)",
         status_code=200,
         responses=ERROR_RESPONSES,
+        operation_class=also_streamed(
+            "text/event-stream", sse_event("ChatCompletionChunk", "ErrorResponse", done="[DONE]")
+        ),
     )
     async def chat_completions(
         request: Request, data: JSONBody[ChatCompletionRequest]
@@ -102,6 +118,9 @@ def openai_router(service: GenerationService, guards: Sequence[Guard] = ()) -> R
         summary="Legacy text completion (stream=true answers text/event-stream)",
         status_code=200,
         responses=ERROR_RESPONSES,
+        operation_class=also_streamed(
+            "text/event-stream", sse_event("CompletionResponse", "ErrorResponse", done="[DONE]")
+        ),
     )
     async def completions(
         request: Request, data: JSONBody[CompletionRequest]

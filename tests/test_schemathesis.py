@@ -1,0 +1,115 @@
+"""Property-based: every operation of /schema/openapi.json against a real `supervisor start`.
+
+Schemathesis generates valid and invalid requests from the document the server publishes;
+no answer may be a 5xx, and every answer must be documented: status code, content type,
+body schema (for streams, every NDJSON line and SSE event). Invalid requests are sent too,
+and must get a documented 4xx; one that Litestar's lenient decoding accepts (``0`` for
+``false``, ``"1.5"`` for ``1.5``) is not a failure here. Generation is bounded to a few
+tokens per request so that the run stays short on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import RunningSupervisor, demo_hostfile
+
+MODEL = "demo:tiny"
+MAX_NEW_TOKENS = 4
+# Request fields that set how much is generated, per dialect.
+LENGTH_FIELDS = ("max_tokens", "max_completion_tokens")
+NDJSON = "application/x-ndjson"
+
+
+@pytest.fixture(scope="module")
+def sup():
+    with tempfile.TemporaryDirectory() as tmp:
+        running = RunningSupervisor(Path(tmp), demo_hostfile(max_batch=16))
+        try:
+            running.wait_healthy()
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="module")
+def document(sup) -> dict:
+    return httpx.get(sup.url + "/schema/openapi.json", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def api_schema(sup):
+    loaded = schemathesis.openapi.from_url(sup.url + "/schema/openapi.json")
+    loaded.config.update(base_url=sup.url)
+    return loaded
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+def bound_generation(path: str, body: object) -> None:
+    """Serve the demo model for a few tokens, whatever else was generated."""
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("model"), str):
+        body["model"] = MODEL
+    if path.startswith("/api/"):
+        options = body.get("options")
+        if not isinstance(options, dict):
+            body["options"] = options = {}
+        predict = options.get("num_predict")
+        if not isinstance(predict, int) or not 1 <= predict <= MAX_NEW_TOKENS:
+            options["num_predict"] = MAX_NEW_TOKENS
+        return
+    for field in LENGTH_FIELDS:
+        if not isinstance(body.get(field), int) or not 1 <= body[field] <= MAX_NEW_TOKENS:
+            body[field] = MAX_NEW_TOKENS
+    if isinstance(body.get("n"), int) and body["n"] > 2:
+        body["n"] = 2
+
+
+def check_ndjson_lines(document: dict, case, response) -> None:
+    """Each line of an NDJSON answer is valid against the schema its media type documents."""
+    if response.headers.get("content-type", [""])[0].split(";")[0] != NDJSON:
+        return
+    ok = document["paths"][case.operation.path][case.method.lower()]["responses"]["200"]
+    item = {**ok["content"][NDJSON]["schema"], "components": document["components"]}
+    lines = [line for line in response.content.decode().splitlines() if line]
+    assert lines, f"{case.operation.label}: an empty NDJSON stream"
+    for line in lines:
+        jsonschema.Draft202012Validator(item).validate(json.loads(line))
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_every_operation_is_documented_truthfully(case, document):
+    bound_generation(case.operation.path, case.body)
+    response = case.call_and_validate(
+        timeout=60,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ],
+    )
+    check_ndjson_lines(document, case, response)
