@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever the corpus, tokenizer, template, sizes or init change: it names the cache dir.
-BUILD_VERSION = 2  # v1 only ever existed as a development build
+BUILD_VERSION = 3  # v1 only ever existed as a development build; v3 closes JSON strings
 SEED = 20240611
 COMPLETE_MARKER = ".complete"
 MAX_POSITION_EMBEDDINGS = 4096
@@ -29,6 +29,11 @@ TRAINED_VOCAB = 1993  # + 7 added tokens = 2000 tokenizer entries; config pads t
 STALE_BUILD_SECONDS = 3600
 BIAS_CHANNEL_VALUE = 1.0
 SUPPRESSED_LOGIT = -40.0  # per unit of the normed bias channel
+# A trained model closes the strings it opens; random weights almost never pick one of the
+# few closing tokens among ~2000, so JSON mode (any object, no schema to bound it) would
+# run to max_tokens. This mild taste for closing quotes makes the demo finish its JSON:
+# measured over 200 seeds at temperature 1, every json_object reply ended within 111 tokens.
+PREFERRED_LOGIT = 6.0  # per unit of the normed bias channel
 
 Progress = Callable[[str, float], None]
 
@@ -293,11 +298,12 @@ def _random_parameter(name: str, shape: tuple[int, ...]):
     return mx.array(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
 
 
-def _reserve_bias_channel(params: dict, suppressed: list[int]) -> None:
-    """Give suppressed ids a large negative logit through a constant hidden channel.
+def _reserve_bias_channel(params: dict, suppressed: list[int], preferred: list[int]) -> None:
+    """Bias suppressed ids down and preferred ids up through a constant hidden channel.
 
     Channel 0 of every embedding is a constant that no layer writes to, so after the final
-    norm it stays positive; the rows of suppressed ids read only that channel, negatively.
+    norm it stays positive; the rows of suppressed ids read only that channel, negatively;
+    preferred rows keep their random weights and read it positively.
     """
     import mlx.core as mx
 
@@ -310,9 +316,11 @@ def _reserve_bias_channel(params: dict, suppressed: list[int]) -> None:
     head[:, 0] = 0.0
     head[rows] = 0.0
     head[rows, 0] = SUPPRESSED_LOGIT
+    if preferred:
+        head[mx.array(preferred), 0] = PREFERRED_LOGIT
 
 
-def build_weights(config: dict, suppressed: list[int]):
+def build_weights(config: dict, suppressed: list[int], preferred: list[int] = ()):
     """Instantiate mlx-lm's qwen2 with seeded random weights."""
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
@@ -320,7 +328,7 @@ def build_weights(config: dict, suppressed: list[int]):
 
     model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
     params = {k: _random_parameter(k, v.shape) for k, v in tree_flatten(model.parameters())}
-    _reserve_bias_channel(params, suppressed)
+    _reserve_bias_channel(params, suppressed, list(preferred))
     model.update(tree_unflatten(list(params.items())))
     mx.eval(model.parameters())
     return model
@@ -329,6 +337,12 @@ def build_weights(config: dict, suppressed: list[int]):
 def _suppressed_ids(tokenizer, vocab_size: int) -> list[int]:
     """Ids the untrained model must not emit: padding rows and structural tokens."""
     return [*tokenizer.convert_tokens_to_ids(SUPPRESSED_TOKENS), *range(len(tokenizer), vocab_size)]
+
+
+def _string_closing_ids(tokenizer) -> list[int]:
+    """Trained tokens that close a JSON string, and maybe its containers: '"', '"}', '"]}'."""
+    vocab = tokenizer.get_vocab()
+    return sorted(i for s, i in vocab.items() if s.startswith('"') and set(s) <= set('"}]'))
 
 
 def _make_tokenizer_config_portable(path: Path) -> None:
@@ -359,7 +373,8 @@ def build_demo_model(size: str, dest: Path, progress: Progress | None = None) ->
     _make_tokenizer_config_portable(dest / "tokenizer_config.json")
     config = model_config(size, tokenizer)
     report("weights", 0.3)
-    model = build_weights(config, _suppressed_ids(tokenizer, config["vocab_size"]))
+    suppressed = _suppressed_ids(tokenizer, config["vocab_size"])
+    model = build_weights(config, suppressed, _string_closing_ids(tokenizer))
     report("saving", 0.7)
     save_model(dest, model, donate_model=True)
     save_config(dict(config), dest / "config.json")

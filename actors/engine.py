@@ -13,7 +13,6 @@ share), ``_apply()`` carries it out, then the batch advances one token.
 from __future__ import annotations
 
 import gc
-import json
 import threading
 import time
 from collections import deque
@@ -23,29 +22,21 @@ from typing import Any
 
 import mlx.core as mx
 import structlog
-from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.generate import BatchGenerator, StopSequences, make_stop_sequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import LogitsProcessor, Sampler
-from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
+from actors.admission import ModelFacts, Sequence, prepare_sequence
+from actors.constrained import GrammarTokenizer
+from actors.distributed import GroupFailure, GroupStopped, Lockstep, SharedPlan, with_shared_seed
 from actors.protocol import (
-    ChatMessage,
     Finished,
     GenerationEvent,
     GenerationFailed,
     GenerationRequest,
     TokenDelta,
-    TokenLogprob,
-    ToolSpec,
     Usage,
 )
-from actors.sampling import (
-    MAX_TOP_LOGPROBS,
-    make_request_processors,
-    make_request_sampler,
-    token_logprob,
-    validate_sampling,
-)
+from actors.sampling import token_logprob
 
 log = structlog.get_logger()
 
@@ -59,143 +50,6 @@ _COUNTERS = (
     "requests_done",
     "cache_hits",
 )
-
-
-class _Output:
-    """A request's decoded text: incremental, with stop strings cut and their prefixes held.
-
-    Text is released a whole token at a time, so the ids sent with a piece of text
-    are exactly the tokens that produced it; a group resuming from those ids then
-    continues the same text.
-    """
-
-    def __init__(self, detokenizer: StreamingDetokenizer, stop: list[str], primer: list[int]):
-        self._detokenizer = detokenizer
-        for token in primer:
-            detokenizer.add_token(token)
-        _ = detokenizer.last_segment  # the primer's text reached the client from another group
-        self._stops = [s for s in stop if s]
-        self._held: list[tuple[int | None, str, TokenLogprob | None]] = []
-        self._text: list[str] = []
-        self._token_ids: list[int] = []
-        self._logprobs: list[TokenLogprob] = []
-        self.stopped = False
-
-    def add(self, token: int, logprob: TokenLogprob | None) -> bool:
-        """Take one sampled token; True once a stop string has appeared."""
-        self._detokenizer.add_token(token)
-        return self._push(token, self._detokenizer.last_segment, logprob, final=False)
-
-    def finish(self) -> bool:
-        """Release everything (the text can no longer grow into a stop string)."""
-        self._detokenizer.finalize()
-        return self._push(None, self._detokenizer.last_segment, None, final=True)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._text or self._token_ids)
-
-    def take(self) -> tuple[str, list[int], list[TokenLogprob]]:
-        """The released output not yet emitted, cleared."""
-        out = ("".join(self._text), self._token_ids, self._logprobs)
-        self._text, self._token_ids, self._logprobs = [], [], []
-        return out
-
-    def _push(
-        self, token: int | None, text: str, logprob: TokenLogprob | None, final: bool
-    ) -> bool:
-        if self.stopped:
-            return True
-        self._held.append((token, text, logprob))
-        if not self._stops:
-            self._release(len(self._held), None)
-            return False
-        held = "".join(piece[1] for piece in self._held)
-        cut = _find_stop(held, self._stops)
-        if cut is not None:
-            self._release_until(cut)
-            self.stopped = True
-            return True
-        safe = len(held) if final else len(held) - _partial_stop_length(held, self._stops)
-        end = count = 0
-        for _, piece, _ in self._held:
-            if end + len(piece) > safe:
-                break
-            end += len(piece)
-            count += 1
-        self._release(count, None)
-        return False
-
-    def _release_until(self, cut: int) -> None:
-        """Release the text before a stop string and the tokens that wrote it."""
-        start = count = 0
-        for _, piece, _ in self._held:
-            if start >= cut:
-                break
-            start += len(piece)
-            count += 1
-        self._release(count, cut)
-        self._held.clear()
-
-    def _release(self, count: int, cut: int | None) -> None:
-        released, self._held = self._held[:count], self._held[count:]
-        text = "".join(piece for _, piece, _ in released)
-        self._text.append(text if cut is None else text[:cut])
-        for token, _, logprob in released:
-            if token is not None:
-                self._token_ids.append(token)
-                if logprob is not None:
-                    self._logprobs.append(logprob)
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    """Index of the earliest stop string in ``text``."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _partial_stop_length(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of ``text`` that begins some stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(text), len(stop) - 1), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """One admitted request, from its insert into the batch to its last event."""
-
-    request: GenerationRequest
-    prompt: list[int]  # what is prefilled: the rendered prompt + resume_tokens
-    prompt_tokens: int  # usage: the rendered prompt alone
-    max_new_tokens: int
-    sampler: Sampler
-    processors: list[LogitsProcessor]
-    extra_processors: list[LogitsProcessor]  # constrained decoding hooks in here
-    output: _Output
-    uid: int = -1
-    cached_tokens: int = 0
-    generated: int = 0
-    last_emit: float = float("-inf")
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.request.logprobs or self.request.top_logprobs > 0
-
-    def usage(self) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=len(self.request.resume_tokens) + self.generated,
-            cached_tokens=min(self.cached_tokens, self.prompt_tokens),
-        )
 
 
 @dataclass
@@ -227,7 +81,15 @@ class Engine:
         default_max_tokens: int = 512,
         context_length: int,
         prefill_step_size: int = 2048,
+        grammar: GrammarTokenizer | None = None,
+        lockstep: Lockstep | None = None,
     ) -> None:
+        """``grammar``: the model's vocabulary for constrained decoding; None refuses it.
+
+        ``lockstep``: this engine is one rank of a distributed group; rank 0 takes the
+        requests and the other ranks follow its plans (``actors.distributed``).
+        """
+        self._lockstep = lockstep
         self._model = model
         self._tokenizer = tokenizer
         self._model_name = model_name
@@ -239,6 +101,13 @@ class Engine:
         self._prefill_step_size = prefill_step_size
         args = getattr(model, "args", None)
         self._vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
+        self._facts = ModelFacts(
+            tokenizer=tokenizer,
+            vocab_size=self._vocab_size,
+            context_length=context_length,
+            default_max_tokens=default_max_tokens,
+            grammar=grammar,
+        )
 
         # Shared with callers' threads, under _lock.
         self._lock = threading.Lock()
@@ -252,11 +121,12 @@ class Engine:
 
         # Engine thread only.
         self._generator: BatchGenerator | None = None
-        self._active: dict[str, _Sequence] = {}
-        self._by_uid: dict[int, _Sequence] = {}
+        self._active: dict[str, Sequence] = {}
+        self._by_uid: dict[int, Sequence] = {}
         self._retiring: list[int] = []
         self._prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
         self._eos_stop = make_stop_sequences(tokenizer)
+        self._no_stop = StopSequences()  # ignore_eos
 
     # ------------------------------------------------------------------ caller side
 
@@ -306,20 +176,40 @@ class Engine:
     # ------------------------------------------------------------------ engine thread
 
     def _run(self) -> None:
+        lost: GroupFailure | None = None
         try:
             self._generator = self._new_generator()
-            while not self._stopping.is_set():
+            while self._running():
                 self._wakeup.clear()
-                if not self._has_work():
+                if self._lockstep is None and not self._has_work():
                     self._wakeup.wait()
                     continue
                 try:
                     self._step()
+                except (GroupFailure, GroupStopped):
+                    raise
                 except Exception as error:  # a bug of ours: the batch's state is suspect
                     log.exception("engine_step_failed")
                     self._fail_batch(error)
+            if self._lockstep is not None:
+                self._lockstep.stop()
+        except GroupStopped:
+            pass
+        except GroupFailure as error:
+            lost = error
+            log.error("generation_group_failed", error=str(error))
+            self._fail_all(f"generation group failed: {error}")
         finally:
             self._shut_down()
+        if lost is not None:
+            self._lockstep.lost(str(lost))
+
+    def _running(self) -> bool:
+        # A follower leaves when rank 0 says so (GroupStopped): leaving on its own would
+        # strand rank 0 in its last collective.
+        if self._lockstep is not None and not self._lockstep.leader:
+            return True
+        return not self._stopping.is_set()
 
     def _new_generator(self) -> BatchGenerator:
         # The default stream, as mlx_lm.server does: collectives of a distributed group
@@ -336,7 +226,11 @@ class Engine:
 
     def _step(self) -> None:
         """One turn: agree on batch changes, apply them, advance the batch one token."""
+        if self._lockstep is not None:
+            self._lockstep.pace(self._has_work(), self._wakeup)
         plan = self._schedule()
+        if self._lockstep is not None:
+            plan = self._share(plan)
         if plan:
             self._apply(plan)
         if self._by_uid:
@@ -357,6 +251,23 @@ class Engine:
             while self._incoming and len(plan.admit) < room:
                 plan.admit.append(self._incoming.popleft())
         return plan
+
+    def _share(self, plan: StepPlan) -> StepPlan:
+        """Rank 0 sends its plan's batch changes to the group; the other ranks adopt them.
+
+        Every rank then admits the same requests (each renders the prompt itself, as
+        mlx_lm.server's ranks do) and samples with the same seeds, so batches stay equal.
+        """
+        if self._lockstep.leader:
+            plan.admit = [with_shared_seed(r) for r in plan.admit]
+            changed = plan.admit or plan.cancel or plan.retire
+            shared = SharedPlan(plan.admit, plan.cancel, plan.retire) if changed else None
+            self._lockstep.share(shared)
+            return plan
+        shared = self._lockstep.share(None)
+        if shared is None:
+            return StepPlan()
+        return StepPlan(admit=shared.admit, cancel=shared.cancel, retire=shared.retire)
 
     def _apply(self, plan: StepPlan) -> None:
         for request in plan.drop:
@@ -395,7 +306,7 @@ class Engine:
             log.exception("insert_failed", request_id=seq.request_id)
             self._fail(seq, f"could not start generation: {error!r}", 500)
 
-    def _insert(self, seq: _Sequence) -> None:
+    def _insert(self, seq: Sequence) -> None:
         """Put a sequence into the batch, starting from the longest cached prefix."""
         cache, rest = self._prompt_cache.fetch_nearest_cache(self._model_name, seq.prompt)
         if cache is not None and not rest:
@@ -412,8 +323,8 @@ class Engine:
             caches=[cache],
             all_tokens=[seq.prompt[: seq.cached_tokens]],
             samplers=[seq.sampler],
-            logits_processors=[seq.processors + seq.extra_processors],
-            stop_sequences=[self._eos_stop],
+            logits_processors=[seq.processors],
+            stop_sequences=[self._no_stop if seq.ignores_eos else self._eos_stop],
         )
         self._by_uid[seq.uid] = seq
         with self._lock:
@@ -422,71 +333,11 @@ class Engine:
             peak = max(self._counters["peak_batch_size"], len(self._by_uid))
             self._counters["peak_batch_size"] = peak
 
-    def _prepare(self, request: GenerationRequest) -> _Sequence:
+    def _prepare(self, request: GenerationRequest) -> Sequence:
         """Everything about a request that can fail because of the request; raises ValueError."""
         if request.request_id in self._active:
             raise ValueError(f"request {request.request_id!r} is already running")
-        if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}")
-        if request.max_tokens is not None and request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        validate_sampling(request.sampling, self._vocab_size)
-        resume = list(request.resume_tokens)
-        if any(not 0 <= t < self._vocab_size for t in resume):
-            raise ValueError("resume_tokens holds ids outside the model's vocabulary")
-        prompt = self._render(request)
-        full = prompt + resume
-        room = self._context_length - len(full)
-        if room <= 0:
-            raise ValueError(
-                f"prompt is {len(full)} tokens but the model's context is "
-                f"{self._context_length}; shorten the prompt"
-            )
-        budget = request.max_tokens if request.max_tokens is not None else self._default_max_tokens
-        return _Sequence(
-            request=request,
-            prompt=full,
-            prompt_tokens=len(prompt),
-            max_new_tokens=min(budget - len(resume), room),
-            sampler=make_request_sampler(request.sampling, self._vocab_size),
-            processors=make_request_processors(request.sampling),
-            extra_processors=self._processors_for(request, full),
-            output=_Output(self._tokenizer.detokenizer, request.stop, resume),
-        )
-
-    def _processors_for(
-        self, request: GenerationRequest, prompt_tokens: list[int]
-    ) -> list[LogitsProcessor]:
-        """Extra logits processors for one request, applied after penalties and bias.
-
-        ``prompt_tokens`` includes ``request.resume_tokens``. Constrained decoding
-        (response_format, tool_choice) extends this.
-        """
-        return []
-
-    def _render(self, request: GenerationRequest) -> list[int]:
-        """Prompt token ids: the chat template for ``messages``, plain encoding for ``prompt``."""
-        tokenizer = self._tokenizer
-        if (request.messages is None) == (request.prompt is None):
-            raise ValueError("set exactly one of messages or prompt")
-        if request.messages is not None:
-            if not request.messages:
-                raise ValueError("messages is empty")
-            text = tokenizer.apply_chat_template(
-                [_message_dict(m) for m in request.messages],
-                tools=[_tool_dict(t) for t in request.tools] if request.tools else None,
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            # The template writes any BOS itself, as tokenize=True would assume.
-            tokens = tokenizer.encode(text, add_special_tokens=False)
-        else:
-            bos = tokenizer.bos_token
-            add_special = bos is None or not request.prompt.startswith(bos)
-            tokens = tokenizer.encode(request.prompt, add_special_tokens=add_special)
-        if not tokens and not request.resume_tokens:
-            raise ValueError("prompt is empty")
-        return list(tokens)
+        return prepare_sequence(request, self._facts)
 
     def _advance(self) -> None:
         """Run one BatchGenerator step and turn its responses into events."""
@@ -511,7 +362,7 @@ class Engine:
                 if response.finish_reason is None:
                     self._retiring.append(seq.uid)
 
-    def _on_token(self, seq: _Sequence, response: Any) -> None:
+    def _on_token(self, seq: Sequence, response: Any) -> None:
         seq.generated += 1
         if response.finish_reason == "stop":  # an EOS id: the only token-level stop we set
             seq.output.finish()
@@ -547,36 +398,49 @@ class Engine:
             if seq.output.pending and now - seq.last_emit >= self._coalesce_s:
                 self._flush(seq, now)
 
-    def _flush(self, seq: _Sequence, now: float) -> None:
+    def _flush(self, seq: Sequence, now: float) -> None:
         if not seq.output.pending:
             return
-        text, token_ids, logprobs = seq.output.take()
+        text, token_ids, logprobs, calls = seq.output.take()
         self._emit(
             TokenDelta(
                 request_id=seq.request_id,
                 text=text,
                 token_ids=token_ids,
                 logprobs=logprobs if seq.wants_logprobs else None,
+                tool_calls=calls or None,
             )
         )
         seq.last_emit = now
 
-    def _finish(self, seq: _Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: str) -> None:
         self._forget(seq)
+        seq.output.close()
+        if seq.constraint is not None and seq.constraint.error is not None:
+            # The mask forced an early EOS: the output does not follow the grammar.
+            message = f"constrained decoding failed: {seq.constraint.error}"
+            self._emit(_failed(seq.request_id, message, 500))
+            return
         self._flush(seq, time.monotonic())
-        self._emit(Finished(seq.request_id, reason, seq.usage()))
+        calls = seq.output.tool_calls
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        self._emit(Finished(seq.request_id, reason, seq.usage(), tool_calls=calls or None))
 
-    def _fail(self, seq: _Sequence, message: str, status: int, retryable: bool = False) -> None:
+    def _fail(self, seq: Sequence, message: str, status: int, retryable: bool = False) -> None:
         self._forget(seq)
         self._emit(_failed(seq.request_id, message, status, retryable))
 
-    def _forget(self, seq: _Sequence) -> None:
+    def _forget(self, seq: Sequence) -> None:
         self._active.pop(seq.request_id, None)
         self._by_uid.pop(seq.uid, None)
         self._count(requests_done=1)
 
     def _fail_batch(self, error: Exception) -> None:
         """Fail every running request and start over with a fresh BatchGenerator."""
+        if self._lockstep is not None:
+            # Ranks step together: one rank's failed step leaves the group out of step.
+            raise GroupFailure(f"generation step failed: {error!r}") from error
         for seq in list(self._active.values()):
             # Most likely the replica, not the request: another group may well succeed.
             self._fail(seq, f"generation step failed: {error!r}", 500, retryable=True)
@@ -624,39 +488,3 @@ def _failed(
     request_id: str, message: str, status: int, retryable: bool = False
 ) -> GenerationFailed:
     return GenerationFailed(request_id, message, retryable=retryable, status=status)
-
-
-def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    """A chat message as chat templates expect it (OpenAI shape, arguments as an object)."""
-    out: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-    if message.name is not None:
-        out["name"] = message.name
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    if message.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": _json_or_text(call.arguments)},
-            }
-            for call in message.tool_calls
-        ]
-    return out
-
-
-def _json_or_text(arguments: str) -> Any:
-    # Templates render arguments with tojson, as mlx_lm.server passes them: decoded.
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
-
-
-def _tool_dict(tool: ToolSpec) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description is not None:
-        function["description"] = tool.description
-    if tool.parameters is not None:
-        function["parameters"] = tool.parameters
-    return {"type": "function", "function": function}

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import structlog
 
-from actors.protocol import Cancel, Generate, GenerationFailed, LoadProgress, Message, Ready
+from actors.protocol import (
+    ActorError,
+    Cancel,
+    Generate,
+    GenerationFailed,
+    LoadProgress,
+    Message,
+    Ready,
+)
+from actors.rank_env import pin_to_cpu
 
 log = structlog.get_logger()
+
+EXIT_GROUP_LOST = 5
 
 
 class GenerationActor:
@@ -17,8 +29,12 @@ class GenerationActor:
         self._runtime = None
 
     def start(self, runtime) -> None:
+        core = pin_to_cpu(os.environ)  # before MLX starts its threads: they inherit it
+        if core is not None:
+            log.info("pinned_to_cpu", core=core)
         import mlx_lm  # heavy: imported here so the actor says Hello first
 
+        from actors.admission import load_grammar
         from actors.engine import Engine
         from actors.models import resolve_model
 
@@ -30,16 +46,26 @@ class GenerationActor:
             runtime.send(LoadProgress(stage=stage, fraction=fraction))
 
         path = resolve_model(cfg.model, progress=progress)
-        runtime.send(LoadProgress(stage="load", fraction=0.0, detail=str(path)))
-        model, tokenizer = mlx_lm.load(str(path))
+        lockstep = None
+        if cfg.world_size > 1:
+            from actors.distributed import Lockstep, load_rank
+
+            model, tokenizer, group = load_rank(cfg, path, runtime.send)
+            lockstep = Lockstep(group, on_lost=self._group_lost)
+        else:
+            runtime.send(LoadProgress(stage="load", fraction=0.0, detail=str(path)))
+            model, tokenizer = mlx_lm.load(str(path))
         context_length = _context_length(model)
         self._engine = Engine(
             model,
             tokenizer,
             model_name=cfg.model,
-            emit=runtime.send,
+            # Rank 0 alone speaks for a group: the other ranks' events are the same ones.
+            emit=runtime.send if lockstep is None or lockstep.leader else _discard,
             max_batch=cfg.max_batch,
             context_length=context_length,
+            grammar=load_grammar(model, tokenizer),
+            lockstep=lockstep,
         )
         self._engine.start()
         seconds = time.monotonic() - began
@@ -70,12 +96,21 @@ class GenerationActor:
         elif isinstance(msg, Cancel) and self._engine is not None:
             self._engine.cancel(msg.request_id)
 
+    def _group_lost(self, reason: str) -> None:
+        """A rank of the group is gone (its requests already failed): say why, then exit."""
+        self._runtime.send(ActorError(message=f"generation group lost: {reason}"))
+        os._exit(EXIT_GROUP_LOST)  # the group cannot be rejoined; the supervisor restarts it
+
     def vitals(self) -> dict[str, int | float]:
         return self._engine.vitals() if self._engine is not None else {}
 
     def stop(self) -> None:
         if self._engine is not None:
             self._engine.stop()
+
+
+def _discard(_event) -> None:
+    pass
 
 
 def _context_length(model) -> int:

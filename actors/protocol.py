@@ -233,9 +233,14 @@ class Ready(_Msg, frozen=True):
 
 
 class ActorError(_Msg, frozen=True):
-    """A fatal start-up or runtime error, said before the actor exits."""
+    """A fatal start-up or runtime error, said before the actor exits.
+
+    ``permanent``: no restart can fix it (a configuration error): the supervisor marks the
+    child failed at once instead of restarting it.
+    """
 
     message: str
+    permanent: bool = False
 
 
 class Shutdown(_Msg, frozen=True):

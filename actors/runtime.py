@@ -37,6 +37,11 @@ log = structlog.get_logger()
 
 EXIT_REFUSED = 3
 EXIT_START_FAILED = 4
+PERMANENT_FAILURE_LINGER = 30.0
+
+
+class PermanentFailure(Exception):
+    """A start-up failure no restart can fix (a configuration error); the message is for users."""
 
 
 class Actor(Protocol):
@@ -98,6 +103,12 @@ class ActorRuntime:
         reader.start()
         try:
             self._actor.start(self)
+        except PermanentFailure as exc:
+            log.error("actor_start_failed", error=str(exc), permanent=True)
+            self.send(ActorError(message=str(exc), permanent=True))
+            # Stay until the supervisor hangs up, so it reads the reason before the exit.
+            self._stopping.wait(PERMANENT_FAILURE_LINGER)
+            return EXIT_START_FAILED
         except Exception as exc:  # a start-up failure is reported, then the actor exits
             log.exception("actor_start_failed")
             self.send(ActorError(message=f"{type(exc).__name__}: {exc}"))

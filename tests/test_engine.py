@@ -259,6 +259,21 @@ def test_max_tokens_ends_with_length(make_engine, no_eos):
     assert len(events.tokens("m")) == 7
 
 
+def test_ignore_eos_decodes_exactly_max_tokens(demo, make_engine):
+    _, tokenizer = demo
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    keen = SamplingParams(temperature=0.0, logit_bias={eos: 100.0})  # EOS every time
+    engine, events = make_engine()
+    engine.submit(request("stops", prompt="Dave reads", max_tokens=6, sampling=keen))
+    engine.submit(
+        request("goes-on", prompt="Dave reads", max_tokens=6, sampling=keen, ignore_eos=True)
+    )
+    stops, goes_on = events.end("stops"), events.end("goes-on")
+    assert stops.finish_reason == "stop" and stops.usage.completion_tokens == 1
+    assert goes_on.finish_reason == "length" and goes_on.usage.completion_tokens == 6
+    assert events.tokens("goes-on") == [eos] * 6
+
+
 def test_cancel_ends_running_and_queued_requests(make_engine, no_eos):
     engine, events = make_engine(max_batch=1)
     sampling = SamplingParams(temperature=0.0, logit_bias=no_eos)
@@ -362,10 +377,11 @@ def test_resume_from_every_token_hits_the_cache_exactly(make_engine, no_eos):
 
 def test_bad_requests_fail_alone(demo, no_eos):
     class Boom(Engine):
-        def _processors_for(self, request, prompt_tokens):
+        def _prepare(self, request):
+            seq = super()._prepare(request)
             if request.request_id.startswith("boom"):
-                return [lambda tokens, logits: mx.array(1) + None]
-            return []
+                seq.processors.append(lambda tokens, logits: mx.array(1) + None)
+            return seq
 
     model, tokenizer = demo
     events = Events()
