@@ -6,7 +6,7 @@ import sys
 
 from actors.runtime import configure_logging, serve
 
-KINDS = ("generation", "memory")
+KINDS = ("generation", "memory", "fake_engine")
 
 
 def _make_actor(kind: str):
@@ -18,6 +18,10 @@ def _make_actor(kind: str):
         from actors.memory import MemoryActor
 
         return MemoryActor()
+    if kind == "fake_engine":
+        from actors.fake_engine import FakeEngineActor
+
+        return FakeEngineActor()
     raise SystemExit(f"actors: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 

@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from actors.protocol import Vitals
+from supervisor.router import RouterStats
 
 # --------------------------------------------------------------------------- #
 # Events
@@ -106,6 +107,33 @@ class RequestEnded:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     error: str = ""
+    groups: tuple[str, ...] = ()  # every group that served it, in order (failover)
+    resumed_tokens: int = 0  # of completion_tokens, those earlier groups produced
+
+
+@dataclass(frozen=True)
+class RequestMoved:
+    """A request's group was lost; it goes on on another group from the tokens already sent."""
+
+    request_id: str
+    from_group: str
+    to_group: str
+    tokens_sent: int  # completion tokens the lost group delivered
+
+
+@dataclass(frozen=True)
+class RouterDeclared:
+    policy: str
+    session_ttl: float
+    cooldown: float
+
+
+@dataclass(frozen=True)
+class RouteDecided:
+    group: str | None
+    reason: str
+    seconds: float  # CPU time the decision took
+    sessions: int = 0
 
 
 Event = (
@@ -122,6 +150,9 @@ Event = (
     | ActorRestarted
     | RequestStarted
     | RequestEnded
+    | RequestMoved
+    | RouterDeclared
+    | RouteDecided
 )
 
 # --------------------------------------------------------------------------- #
@@ -187,6 +218,7 @@ class ClusterState:
         self.requests_total = 0
         self.tokens_total = 0
         self.draining = False
+        self.router = RouterStats()
 
     def apply(self, event: Event) -> None:
         handler = getattr(self, "_on_" + type(event).__name__)
@@ -266,7 +298,7 @@ class ClusterState:
         if group is not None:
             group.in_flight -= 1
             group.served += 1
-            group.tokens += e.completion_tokens
+            group.tokens += e.completion_tokens - e.resumed_tokens
             if e.outcome == "error":
                 group.errors += 1
         self.tokens_total += e.completion_tokens
@@ -274,6 +306,7 @@ class ClusterState:
             {
                 "request_id": e.request_id,
                 "group": e.group,
+                "groups": list(e.groups or (e.group,)),
                 "outcome": e.outcome,
                 "prompt_tokens": e.prompt_tokens,
                 "completion_tokens": e.completion_tokens,
@@ -282,6 +315,20 @@ class ClusterState:
         )
         if e.outcome == "error":
             self._error("request_failed", request_id=e.request_id, group=e.group, message=e.error)
+
+    def _on_RequestMoved(self, e: RequestMoved) -> None:
+        self.router.failovers += 1
+        if e.from_group in self.groups:
+            self.groups[e.from_group].in_flight -= 1
+            self.groups[e.from_group].tokens += e.tokens_sent
+        if e.to_group in self.groups:
+            self.groups[e.to_group].in_flight += 1
+
+    def _on_RouterDeclared(self, e: RouterDeclared) -> None:
+        self.router = RouterStats(e.policy, e.session_ttl, e.cooldown)
+
+    def _on_RouteDecided(self, e: RouteDecided) -> None:
+        self.router.record(e.reason, e.seconds, e.sessions)
 
     def _error(self, kind: str, **fields) -> None:
         self.recent_errors.append({"kind": kind, "at": self._wall(), **fields})
@@ -336,6 +383,7 @@ class ClusterState:
             ],
             "actors": [_actor_json(a, now) for a in self.actors.values()],
             "groups": [_group_json(g) for g in self.groups.values()],
+            "router": self.router.json(),
         }
 
 
