@@ -7,11 +7,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -52,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on stop"
     )
+    start.add_argument(
+        "--pidfile", help="where to write the PID (default: the cache dir, by API port)"
+    )
+    stop = sub.add_parser("stop", help="drain and stop the supervisor running on this machine")
+    stop.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
+    stop.add_argument("--pidfile", help="the pidfile `start` wrote (default: from --url's port)")
+    stop.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for it to exit")
     for name, text in (("status", "cluster status"), ("nodes", "nodes and their actors")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
@@ -64,7 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args)
+    if args.command == "stop":
+        return _stop(args)
     return _show(args)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from supervisor.pidfile import StopError, default_pidfile, port_of, stop_supervisor
+
+    try:
+        path = Path(args.pidfile) if args.pidfile else default_pidfile(port_of(args.url))
+        pid = stop_supervisor(path, args.timeout)
+    except StopError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return 1
+    print(f"supervisor: stopped (pid {pid})")
+    return 0
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -75,6 +99,13 @@ def _start(args: argparse.Namespace) -> int:
     except HostfileError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from supervisor.group_validation import GroupConfigError, validate_groups
+
+    try:
+        validate_groups(spec)  # a group that cannot split its model: refused before anything
+    except GroupConfigError as exc:
+        print(f"supervisor: {spec.source}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.log_format or spec.log_format)
     try:
         sock = _bind(spec.api.host, spec.api.port)
@@ -84,7 +115,14 @@ def _start(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    return asyncio.run(_serve(spec, sock, args.drain_timeout))
+    from supervisor.pidfile import default_pidfile, remove_pidfile, write_pidfile
+
+    pidfile = Path(args.pidfile) if args.pidfile else default_pidfile(sock.getsockname()[1])
+    write_pidfile(pidfile)
+    try:
+        return asyncio.run(_serve(spec, sock, args.drain_timeout))
+    finally:
+        remove_pidfile(pidfile)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -108,7 +146,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
         cluster.service,
         status=cluster.state.snapshot,
         health=cluster.state.health,
-        api_key=spec.api_key,
+        api_key=spec.api_key or os.environ.get("MLXS_API_KEY"),
     )
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
@@ -116,21 +154,32 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     server = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[str] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
     host, port = sock.getsockname()[:2]
     log.info("api_listening", host=host, port=port, url=f"http://{host}:{port}")
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     await asyncio.wait(
         [serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
-    log.info("stopping", drain_timeout=drain_timeout)
+    why = received[0] if received else f"the HTTP server ended ({_outcome(serving)})"
+    log.info("stopping", drain_timeout=drain_timeout, reason=why)
     await cluster.drain(drain_timeout)
     server.should_exit = True
     with contextlib.suppress(Exception):
         await serving
     await cluster.stop()
     return 0
+
+
+def _outcome(task: asyncio.Task) -> str:
+    if not task.done():
+        return "still running"
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return "returned" if error is None else f"{type(error).__name__}: {error}"
 
 
 class _Server(uvicorn.Server):

@@ -9,10 +9,19 @@ from collections.abc import Callable
 
 import structlog
 
+from actors.fake_engine import parse_fake_spec, served_model
 from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
 from supervisor.handle import ActorHandle
-from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local
+from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local, port_count
+from supervisor.ranks import (
+    cpu_environment,
+    cpu_slots,
+    free_starting_port,
+    machine_name,
+    rank_environments,
+)
+from supervisor.router import Hardware, combine_hardware
 from supervisor.serving import ClusterService
 from supervisor.spawner import LocalSpawner, Spawner, openblas_path
 from supervisor.state import ClusterState, GroupDeclared, NodeDeclared, NodeStatus
@@ -30,8 +39,11 @@ class GenerationGroup:
 
     def __init__(self, spec: GroupSpec, supervisor: ChildSupervisor):
         self.name = spec.name
-        self.model = spec.model
+        self.model = served_model(spec.model)
         self.spec = spec
+        self.hardware = combine_hardware(
+            [Hardware(h.chip, h.gpu_cores, h.memory_gb) for h in spec.hosts]
+        )
         self.supervisor = supervisor
 
     @property
@@ -64,17 +76,32 @@ class Cluster:
         self.control = ControlServer(self._token, self._control_host, spec.control.port)
         self._spawner_for = spawner_for or self._default_spawner
         self._local = LocalSpawner()
+        self._remote: dict[str, Spawner] = {}  # one SSHSpawner per node, by name
+        self._cpu_slots = cpu_slots(spec.groups, lambda h: machine_name(h, spec.ssh.config))
         self.supervisors: list[ChildSupervisor] = []
         self.groups: list[GenerationGroup] = []
         self._tasks: list[asyncio.Task] = []
-        self.service = ClusterService(self.state, self.groups, queue_limit=spec.queue_limit)
+        self.service = ClusterService(
+            self.state, self.groups, queue_limit=spec.queue_limit, router=spec.router
+        )
 
     def _default_spawner(self, host: HostSpec) -> Spawner:
         if is_local(host):
             return self._local
         from supervisor.ssh import SSHSpawner  # paramiko: only when a remote host exists
 
-        return SSHSpawner(host)
+        node = node_name(host)
+        if node not in self._remote:
+            ssh = self.spec.ssh
+            self._remote[node] = SSHSpawner(
+                host,
+                known_hosts=ssh.known_hosts,
+                accept_new_host_keys=ssh.accept_new_host_keys,
+                connect_timeout=ssh.connect_timeout,
+                retries=ssh.retries,
+                ssh_config=ssh.config,
+            )
+        return self._remote[node]
 
     async def start(self) -> None:
         host, port = await self.control.start()
@@ -112,9 +139,10 @@ class Cluster:
 
     def _memory_supervisor(self, host: HostSpec, port: int) -> ChildSupervisor:
         node = node_name(host)
+        spawner = self._spawner_for(host)
         spec = ChildSpec(
             self._config(f"{node}.memory", "memory", host, port),
-            self._spawner_for(host),
+            spawner,
             env=self._env(host),
             python=host.python,
         )
@@ -122,11 +150,13 @@ class Cluster:
 
         def on_state(state: str) -> None:
             up = state == "ready"
+            # An SSH spawner knows why its host is unreachable (host key, refused, timeout).
+            unreachable = getattr(spawner, "last_error", None)
             self.state.apply(
                 NodeStatus(
                     node,
                     "up" if up else "down" if state == "failed" else "connecting",
-                    "" if up else state,
+                    "" if up else unreachable or state,
                 )
             )
 
@@ -135,30 +165,46 @@ class Cluster:
 
     def _group_supervisor(self, group: GroupSpec, port: int) -> ChildSupervisor:
         nodes = [node_name(h) for h in group.hosts]
-        self.state.apply(
-            GroupDeclared(group.name, group.model, nodes, group.parallel, group.backend)
-        )
+        # A "fake:<name>?options" model runs the fake engine: routing without MLX.
+        fake = parse_fake_spec(group.model)
+        kind, model, options = ("fake_engine", *fake) if fake else ("generation", group.model, {})
+        self.state.apply(GroupDeclared(group.name, model, nodes, group.parallel, group.backend))
+        ranks = rank_environments(group, self._starting_port(group)) if not fake else []
         children = [
             ChildSpec(
                 self._config(
                     f"{group.name}.rank{rank}",
-                    "generation",
+                    kind,
                     host,
                     port,
                     rank=rank,
                     world_size=len(group.hosts),
                     group=group.name,
-                    model=group.model,
+                    model=model,
                     max_batch=self.spec.max_batch,
                     parallel=group.parallel,
+                    options=options,
                 ),
                 self._spawner_for(host),
-                env=self._env(host),
+                env={
+                    **self._env(host),
+                    **(ranks[rank] if ranks else {}),
+                    **cpu_environment(self._cpu_slots.get((group.name, rank))),
+                },
                 python=host.python,
             )
             for rank, host in enumerate(group.hosts)
         ]
         return self._child_supervisor(group.name, children, group=group.name)
+
+    def _starting_port(self, group: GroupSpec) -> int | None:
+        """The hostfile's ports, or free ones when every rank listens on loopback.
+
+        Picked once: a restarted group binds the same ports again (MLX-NOTES: at once).
+        """
+        if group.world_size < 2 or group.starting_port is not None:
+            return group.starting_port
+        return free_starting_port(port_count(group))
 
     def _child_supervisor(
         self, name: str, children: list[ChildSpec], group: str | None = None
@@ -186,6 +232,10 @@ class Cluster:
         await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.control.close()
+        if self._remote:
+            from supervisor.ssh import close_connections
+
+            close_connections()  # after the remote actors were ended through them
         log.info("cluster_stopped")
 
 

@@ -91,6 +91,17 @@ class ControlSpec(_Written):
     comment: Comment = None
 
 
+class SSHSpec(_Written):
+    """How the supervisor reaches remote hosts: host keys, timeouts, an ssh_config file."""
+
+    known_hosts: str | None = None  # None: ~/.ssh/known_hosts
+    accept_new_host_keys: bool = False
+    connect_timeout: Seconds = 10.0
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    config: str | None = None  # None: ~/.ssh/config
+    comment: Comment = None
+
+
 class GroupEntry(_Written):
     """A group as written: hosts inline or referenced by top-level index or name."""
 
@@ -99,6 +110,7 @@ class GroupEntry(_Written):
     model: str | None = None
     parallel: Parallel | None = None
     backend: str | None = None
+    starting_port: Port | None = None
     comment: Comment = None
 
 
@@ -118,6 +130,8 @@ class ClusterFile(_Written):
     api_key: str | None = None
     log_format: LogFormat = "json"
     parallel: Parallel = "tensor"
+    starting_port: Port = RING_STARTING_PORT
+    ssh: SSHSpec = SSHSpec()
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -135,6 +149,9 @@ class GroupSpec(_Spec):
     parallel: Parallel = "tensor"
     backend: Backend = "ring"
     inherits_model: bool = True  # the group named no model, so --model replaces it
+    # First ring port (jaccl: the coordinator's port); None: free ports are picked at start
+    # (every rank on loopback) or no port is needed (one rank).
+    starting_port: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -158,6 +175,7 @@ class ClusterSpec(_Spec):
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
     log_format: LogFormat = "json"
+    ssh: SSHSpec = SSHSpec()
 
 
 class JacclEnv(_Spec):
@@ -244,6 +262,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
                 f'named "{group.name}"; group names must be unique'
             )
         groups.append(group)
+    groups = _assign_ports(groups, doc.starting_port)
     nodes = checks.distinct_nodes([g.hosts for g in groups])
     checks.check_control(doc.control, nodes)
     return ClusterSpec(
@@ -260,6 +279,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         router=doc.router,
         api_key=doc.api_key,
         log_format=doc.log_format,
+        ssh=doc.ssh,
     )
 
 
@@ -289,7 +309,48 @@ def _build_group(
         parallel=entry.parallel or doc.parallel,
         backend=group_backend,
         inherits_model=entry.model is None,
+        starting_port=entry.starting_port,
     )
+
+
+def _assign_ports(groups: list[GroupSpec], first: int) -> list[GroupSpec]:
+    """Give each multi-host group its own port range, counting up from ``first``.
+
+    Groups may share machines, so ranges must not overlap; a group that names its own
+    ``starting_port`` keeps it. Ring groups whose every rank listens on loopback get free
+    ports when they start instead.
+    """
+    assigned, next_port = [], first
+    for group in groups:
+        if group.world_size > 1 and group.starting_port is None and not loopback_ring(group):
+            group = msgspec.structs.replace(group, starting_port=next_port)
+            next_port += port_count(group)
+        assigned.append(group)
+    checks.check_port_clashes([(g.name, listen_addresses(g)) for g in assigned])
+    return assigned
+
+
+def loopback_ring(group: GroupSpec) -> bool:
+    """True for a ring group whose ranks all listen on loopback (so all run on this machine)."""
+    return group.backend == "ring" and all(
+        ip in checks.LOOPBACK for host in group.hosts for ip in ring_ips(host)
+    )
+
+
+def port_count(group: GroupSpec) -> int:
+    """How many ports from ``starting_port`` the group listens on."""
+    if group.backend != "ring":
+        return 1  # the jaccl coordinator
+    return sum(len(ring_ips(host)) for host in group.hosts)
+
+
+def listen_addresses(group: GroupSpec) -> list[str]:
+    """``ip:port`` every rank of the group listens on (empty until its ports are known)."""
+    if group.world_size < 2 or group.starting_port is None:
+        return []
+    if group.backend != "ring":
+        return [jaccl_env(group.hosts, group.backend, group.starting_port).coordinator]
+    return [a for rank in ring_hostfile(group.hosts, group.starting_port) for a in rank]
 
 
 def _check_restart(restart: RestartSpec) -> RestartSpec:

@@ -151,6 +151,31 @@ def check_env_keys(env: dict[str, str], where: str) -> None:
             raise Problem(f'{where} key "{key}" is not a valid variable name (letters, digits, _)')
 
 
+def check_ssh_target(ssh: str, where: str) -> None:
+    """A remote host's ``ssh`` must name a host now, not when its first actor is spawned."""
+    if is_local_ssh(ssh):
+        return
+    from supervisor.ssh_target import SSHTargetError, parse_ssh_target  # paramiko: remote only
+
+    try:
+        parse_ssh_target(ssh)
+    except SSHTargetError as exc:
+        raise Problem(f'{where} "ssh": {exc}') from None
+
+
+def check_port_clashes(groups: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Two groups sharing a machine must not listen on the same ``ip:port``."""
+    owner: dict[str, str] = {}
+    for name, addresses in groups:
+        for address in addresses:
+            other = owner.setdefault(address, name)
+            if other != name:
+                raise Problem(
+                    f'groups "{other}" and "{name}" both listen on {address}; give one of '
+                    'them its own "starting_port" past the other\'s ports'
+                )
+
+
 def check_model(model: str, where: str) -> None:
     """A model spec must be a non-empty string."""
     if not model.strip():
@@ -172,6 +197,7 @@ def name_hosts(hosts: Sequence[HostSpec]) -> tuple[HostSpec, ...]:
     named = []
     for i, host in enumerate(hosts):
         check_env_keys(host.env, f'host {i} "env"')
+        check_ssh_target(host.ssh, f"host {i}")
         if host.name:
             if host.name in seen:
                 raise Problem(
@@ -219,6 +245,7 @@ def resolve_hosts(
             indices.append(found[0])
         else:
             check_env_keys(item.env, f'{where} host {j} "env"')
+            check_ssh_target(item.ssh, f"{where} host {j}")
             hosts.append(with_name(item))
             indices.append(None)
     if not hosts:

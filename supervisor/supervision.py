@@ -52,13 +52,17 @@ class Timeouts:
     heartbeat: float = 3.0
     watchdog: float = 30.0
     stop_grace: float = 5.0
+    # mx.distributed.init holds the GIL while a rank waits for its peers (measured): no
+    # heartbeats until the last rank dials in, which the ring gives up on after ~31 s.
+    connect: float = 45.0
 
 
 class ChildFailed(Exception):
-    def __init__(self, reason: str, normal: bool = False):
+    def __init__(self, reason: str, normal: bool = False, permanent: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.normal = normal
+        self.permanent = permanent  # a configuration error: restarting cannot help
 
 
 class _Child:
@@ -69,6 +73,9 @@ class _Child:
         self.process: ActorProcess | None = None
         self.handle: ActorHandle | None = None
         self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+        # Set when the rank reaches mx.distributed.init (or is ready): its peers may start.
+        self.connecting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stage = ""
         self.last_beat = time.monotonic()
         self.progress = -1
         self.progress_at = time.monotonic()
@@ -103,6 +110,8 @@ class ChildSupervisor:
         self._policy = restart_policy
         self._timeouts = timeouts
         self._children: list[_Child] = []
+        # Children the state has heard of: a rank whose peers failed first never started.
+        self._declared: dict[str, None] = {}
         self._stopping = asyncio.Event()
         self._failure: asyncio.Future[ChildFailed] | None = None
         self.ready = asyncio.Event()
@@ -125,11 +134,13 @@ class ChildSupervisor:
             log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
             restart_type = self._specs[0].restart
             decision = decide(self._policy, history, time.monotonic(), restart_type, failure.normal)
+            if failure.permanent:
+                decision = GiveUp("")  # a configuration error: no restart can fix it
             if isinstance(decision, GiveUp):
                 self.failed = True
-                reason = f"{failure.reason}; {decision.reason}"
-                for spec in self._specs:
-                    self._state.apply(ActorStopped(spec.config.actor_id, "failed", reason))
+                reason = "; ".join(r for r in (failure.reason, decision.reason) if r)
+                for actor_id in self._declared:
+                    self._state.apply(ActorStopped(actor_id, "failed", reason))
                 self._set_group_state("failed", reason)
                 log.error("supervisor_gave_up", supervisor=self.name, reason=reason)
                 return
@@ -138,8 +149,8 @@ class ChildSupervisor:
                 return
             history = decision.history
             restarted = True
-            for spec in self._specs:
-                self._state.apply(ActorRestarted(spec.config.actor_id))
+            for actor_id in self._declared:
+                self._state.apply(ActorRestarted(actor_id))
             self._set_group_state(
                 "restarting", f"{failure.reason}; restart in {decision.delay:.1f} s"
             )
@@ -172,14 +183,23 @@ class ChildSupervisor:
         self._children = [_Child(spec) for spec in self._specs]
         watchers: list[asyncio.Task] = [asyncio.create_task(self._monitor())]
         try:
-            # Ring connect order (MLX-NOTES): ranks 0..N-2 accept, the last rank dials.
+            # Ring connect order (MLX-NOTES): ranks 0..N-2 accept, the last rank dials, and
+            # gives up after ~31 s: it starts once the others wait in mx.distributed.init.
             for child in self._children:
+                if child is self._children[-1] and child.spec.config.world_size > 1:
+                    await self._await_or_fail(
+                        asyncio.gather(*(c.connecting for c in self._children[:-1])),
+                        self._timeouts.load,
+                        "ranks reaching mx.distributed.init",
+                    )
                 await self._start_child(child, watchers)
             await self._await_or_fail(
                 asyncio.gather(*(c.ready for c in self._children)),
                 self._timeouts.load,
                 "model load",
             )
+            for child in self._children:
+                child.progress_at = time.monotonic()  # the watchdog counts from ready, not spawn
             self.leader = self._children[0].handle
             self.context_length = self._children[0].ready.result().context_length
             self.ready.set()
@@ -196,6 +216,7 @@ class ChildSupervisor:
     async def _start_child(self, child: _Child, watchers: list[asyncio.Task]) -> None:
         cfg = child.spec.config
         self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
+        self._declared.setdefault(cfg.actor_id)
         hello = self._control.expect(cfg.actor_id)
         launch = ActorLaunch(
             config=cfg, token=self._token, env=child.spec.env, python=child.spec.python
@@ -222,6 +243,8 @@ class ChildSupervisor:
         if task in done:
             return task.result()
         task.cancel()
+        # A cancelled gather() ends with CancelledError as its exception: consume it.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if self._failure.done():
             raise self._failure.result()
         raise ChildFailed(f"{self.name}: {what} timed out after {timeout:.0f} s")
@@ -252,7 +275,10 @@ class ChildSupervisor:
                 if child.handle is None:
                     continue
                 silent = now - child.last_beat
-                if silent > self._timeouts.heartbeat:
+                allowed = self._timeouts.heartbeat
+                if child.stage == "connect":
+                    allowed = max(allowed, self._timeouts.connect)
+                if silent > allowed:
                     self._fail(ChildFailed(f"{child.actor_id} heartbeat silent for {silent:.1f} s"))
                     return
                 if not self.ready.is_set():
@@ -287,6 +313,9 @@ class ChildSupervisor:
                 fraction=round(msg.fraction, 3),
                 detail=msg.detail,
             )
+            child.stage = msg.stage
+            if msg.stage == "connect" and not child.connecting.done():
+                child.connecting.set_result(None)
             self._state.apply(ActorLoading(child.actor_id, msg.stage, msg.fraction))
         elif isinstance(msg, Ready):
             log.info(
@@ -296,11 +325,17 @@ class ChildSupervisor:
                 load_seconds=round(msg.load_seconds, 3),
                 **msg.info,
             )
+            child.stage = "ready"
             self._state.apply(ActorReady(child.actor_id, msg.info))
             if not child.ready.done():
                 child.ready.set_result(msg)
+            if not child.connecting.done():
+                child.connecting.set_result(None)
         elif isinstance(msg, ActorError):
-            self._fail(ChildFailed(f"{child.actor_id}: {msg.message}"))
+            if msg.permanent:
+                self._fail(ChildFailed(msg.message, permanent=True))
+            else:
+                self._fail(ChildFailed(f"{child.actor_id}: {msg.message}"))
 
     # --------------------------------------------------------------- killing
 
