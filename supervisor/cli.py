@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from supervisor import cli_membership
 from supervisor.hostfile import HostfileError, apply_overrides, load_hostfile
 from supervisor.logs import configure_logging
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         p.add_argument("--api-key", default=None)
+    cli_membership.add_parsers(sub)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args)
+    if args.command in cli_membership.COMMANDS:
+        return cli_membership.run(args)
     if args.command == "stop":
         return _stop(args)
     return _show(args)
@@ -137,16 +141,21 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     from api.app import create_app
+    from api.routes_cluster import cluster_router
     from supervisor.cluster import Cluster
+    from supervisor.membership import ClusterMembership
 
     log = structlog.get_logger()
     cluster = Cluster(spec)
     await cluster.start()
+    membership = ClusterMembership(cluster, unreachable_grace=spec.membership.unreachable_grace)
+    watch = asyncio.create_task(membership.watch_unreachable())
     app = create_app(
         cluster.service,
         status=cluster.state.snapshot,
         health=cluster.state.health,
         api_key=spec.api_key or os.environ.get("MLXS_API_KEY"),
+        api_route_handlers=[cluster_router(membership)],
     )
     config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
@@ -169,6 +178,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     server.should_exit = True
     with contextlib.suppress(Exception):
         await serving
+    watch.cancel()
     await cluster.stop()
     return 0
 

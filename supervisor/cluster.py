@@ -24,7 +24,14 @@ from supervisor.ranks import (
 from supervisor.router import Hardware, combine_hardware
 from supervisor.serving import ClusterService
 from supervisor.spawner import LocalSpawner, Spawner, openblas_path
-from supervisor.state import ClusterState, GroupDeclared, NodeDeclared, NodeStatus
+from supervisor.state import (
+    ClusterState,
+    GroupDeclared,
+    GroupRemoved,
+    NodeDeclared,
+    NodeRemoved,
+    NodeStatus,
+)
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 
 log = structlog.get_logger()
@@ -45,6 +52,7 @@ class GenerationGroup:
             [Hardware(h.chip, h.gpu_cores, h.memory_gb) for h in spec.hosts]
         )
         self.supervisor = supervisor
+        self.leaving = False  # draining away: the router no longer chooses it
 
     @property
     def leader(self) -> ActorHandle | None:
@@ -81,6 +89,8 @@ class Cluster:
         self.supervisors: list[ChildSupervisor] = []
         self.groups: list[GenerationGroup] = []
         self._tasks: list[asyncio.Task] = []
+        self._task_of: dict[str, asyncio.Task] = {}  # supervisor name -> its run task
+        self._port = 0
         self.service = ClusterService(
             self.state, self.groups, queue_limit=spec.queue_limit, router=spec.router
         )
@@ -105,6 +115,7 @@ class Cluster:
 
     async def start(self) -> None:
         host, port = await self.control.start()
+        self._port = port
         log.info("control_listening", host=host, port=port)
         if openblas_path() is None and _is_linux():
             log.warning(
@@ -122,7 +133,45 @@ class Cluster:
 
     def _add(self, sup: ChildSupervisor) -> None:
         self.supervisors.append(sup)
-        self._tasks.append(asyncio.create_task(sup.run(), name=f"sup-{sup.name}"))
+        task = asyncio.create_task(sup.run(), name=f"sup-{sup.name}")
+        self._tasks.append(task)
+        self._task_of[sup.name] = task
+
+    # ------------------------------------------------------------- membership
+
+    def add_node(self, host: HostSpec) -> None:
+        """A node joining at run time: declare it and start its memory reporter."""
+        self.state.apply(NodeDeclared(node_name(host), host.ssh, is_local(host)))
+        self._add(self._memory_supervisor(host, self._port))
+
+    def add_group(self, group: GroupSpec) -> None:
+        """A group joining at run time; the others are not touched."""
+        sup = self._group_supervisor(group, self._port)
+        self.groups.append(GenerationGroup(group, sup))
+        self._add(sup)
+
+    def groups_on(self, node: str) -> list[GenerationGroup]:
+        return [g for g in self.groups if node in (node_name(h) for h in g.spec.hosts)]
+
+    async def remove_group(self, group: GenerationGroup) -> None:
+        """Stop a group's actors (by PID after the grace) and forget it everywhere."""
+        await self._retire(group.supervisor)
+        self.groups.remove(group)
+        self.service.forget_group(group.name)
+        self.state.apply(GroupRemoved(group.name))
+
+    async def remove_node(self, node: str) -> None:
+        for sup in [s for s in self.supervisors if s.name == f"{node}.memory"]:
+            await self._retire(sup)
+        self.state.apply(NodeRemoved(node))
+
+    async def _retire(self, sup: ChildSupervisor) -> None:
+        await sup.stop()
+        task = self._task_of.pop(sup.name, None)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+            self._tasks.remove(task)
+        self.supervisors.remove(sup)
 
     def _config(self, actor_id: str, kind: str, host: HostSpec, port: int, **extra) -> ActorConfig:
         return ActorConfig(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
 
 from supervisor import hostfile_validation as checks
 from supervisor.hostfile_validation import Problem
+from supervisor.mlx_launch import RING_STARTING_PORT as RING_STARTING_PORT
+from supervisor.mlx_launch import JacclEnv as JacclEnv
+from supervisor.mlx_launch import jaccl_env as jaccl_env
+from supervisor.mlx_launch import listen_addresses as listen_addresses
+from supervisor.mlx_launch import loopback_ring as loopback_ring
+from supervisor.mlx_launch import port_count as port_count
+from supervisor.mlx_launch import ring_hostfile as ring_hostfile
+from supervisor.mlx_launch import ring_ips as ring_ips
 
 Backend = Literal["ring", "jaccl", "jaccl-ring"]
 Parallel = Literal["tensor", "pipeline"]
@@ -24,7 +30,6 @@ Comment = str | list[str] | None
 
 DEFAULT_MODEL = "demo:tiny"
 DEFAULT_GROUP = "main"
-RING_STARTING_PORT = 32323  # mlx.launch --starting-port default
 
 
 class HostfileError(Exception):
@@ -102,6 +107,13 @@ class SSHSpec(_Written):
     comment: Comment = None
 
 
+class MembershipSpec(_Written):
+    """Hosts joining and leaving at run time."""
+
+    unreachable_grace: Seconds = 120.0  # a node down this long is drained and removed
+    comment: Comment = None
+
+
 class GroupEntry(_Written):
     """A group as written: hosts inline or referenced by top-level index or name."""
 
@@ -132,6 +144,7 @@ class ClusterFile(_Written):
     parallel: Parallel = "tensor"
     starting_port: Port = RING_STARTING_PORT
     ssh: SSHSpec = SSHSpec()
+    membership: MembershipSpec = MembershipSpec()
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -176,21 +189,7 @@ class ClusterSpec(_Spec):
     api_key: str | None = None
     log_format: LogFormat = "json"
     ssh: SSHSpec = SSHSpec()
-
-
-class JacclEnv(_Spec):
-    """What mlx.launch gives every jaccl rank: coordinator address and rdma device matrix."""
-
-    coordinator: str
-    ibv_devices: str
-    ring: bool = False
-
-    def variables(self, ibv_devices_path: str) -> dict[str, str]:
-        """Environment for a rank, given where ``ibv_devices`` was written on its node."""
-        env = {"MLX_JACCL_COORDINATOR": self.coordinator, "MLX_IBV_DEVICES": ibv_devices_path}
-        if self.ring:
-            env["MLX_JACCL_RING"] = "1"
-        return env
+    membership: MembershipSpec = MembershipSpec()
 
 
 def is_local(host: HostSpec) -> bool:
@@ -280,6 +279,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         api_key=doc.api_key,
         log_format=doc.log_format,
         ssh=doc.ssh,
+        membership=doc.membership,
     )
 
 
@@ -330,29 +330,6 @@ def _assign_ports(groups: list[GroupSpec], first: int) -> list[GroupSpec]:
     return assigned
 
 
-def loopback_ring(group: GroupSpec) -> bool:
-    """True for a ring group whose ranks all listen on loopback (so all run on this machine)."""
-    return group.backend == "ring" and all(
-        ip in checks.LOOPBACK for host in group.hosts for ip in ring_ips(host)
-    )
-
-
-def port_count(group: GroupSpec) -> int:
-    """How many ports from ``starting_port`` the group listens on."""
-    if group.backend != "ring":
-        return 1  # the jaccl coordinator
-    return sum(len(ring_ips(host)) for host in group.hosts)
-
-
-def listen_addresses(group: GroupSpec) -> list[str]:
-    """``ip:port`` every rank of the group listens on (empty until its ports are known)."""
-    if group.world_size < 2 or group.starting_port is None:
-        return []
-    if group.backend != "ring":
-        return [jaccl_env(group.hosts, group.backend, group.starting_port).coordinator]
-    return [a for rank in ring_hostfile(group.hosts, group.starting_port) for a in rank]
-
-
 def _check_restart(restart: RestartSpec) -> RestartSpec:
     if restart.backoff_max < restart.backoff_initial:
         raise Problem(
@@ -388,45 +365,3 @@ def apply_overrides(
             msgspec.structs.replace(g, model=model) if g.inherits_model else g for g in groups
         )
     return msgspec.structs.replace(spec, api=api, model=default_model, groups=groups)
-
-
-def ring_ips(host: HostSpec) -> tuple[str, ...]:
-    """The ips a ring rank listens on: its own, or loopback for a local host that lists none."""
-    if host.ips:
-        return host.ips
-    if is_local(host):
-        return ("127.0.0.1",)
-    raise ValueError(f'host "{host.name}" has no "ips"; the ring backend needs one')
-
-
-def ring_hostfile(
-    hosts: Sequence[HostSpec],
-    starting_port: int = RING_STARTING_PORT,
-    connections_per_ip: int = 1,
-) -> list[list[str]]:
-    """The MLX_HOSTFILE content mlx.launch's launch_ring writes: ``ip:port`` lists per rank.
-
-    Ports count up from ``starting_port`` across ranks, ips and connections. mlx.launch writes
-    an empty file instead for a single rank, which needs no ring at all.
-    """
-    port = starting_port
-    ranks = []
-    for host in hosts:
-        addresses = []
-        for ip in ring_ips(host):
-            for _ in range(connections_per_ip):
-                addresses.append(f"{ip}:{port}")
-                port += 1
-        ranks.append(addresses)
-    return ranks
-
-
-def jaccl_env(
-    hosts: Sequence[HostSpec],
-    backend: Backend = "jaccl",
-    starting_port: int = RING_STARTING_PORT,
-) -> JacclEnv:
-    """What mlx.launch's launch_jaccl gives every rank: rank 0's ip:port and the rdma matrix."""
-    coordinator = f"{ring_ips(hosts[0])[0]}:{starting_port}"
-    devices = json.dumps([list(h.rdma) for h in hosts])
-    return JacclEnv(coordinator=coordinator, ibv_devices=devices, ring=backend == "jaccl-ring")

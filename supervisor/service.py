@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Annotated, Protocol
+
+import msgspec
 
 from actors.protocol import GenerationEvent, GenerationRequest
 
@@ -74,3 +76,40 @@ class GenerationService(Protocol):
         ...
 
     def draining(self) -> bool: ...
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class HostJoin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A machine joining a running cluster as one single-host generation group."""
+
+    ssh: str
+    name: str | None = None
+    model: str | None = None
+    group: str | None = None
+    python: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = {}
+    chip: str | None = None
+    gpu_cores: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    memory_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class Membership(Protocol):
+    """Hosts joining and leaving without a restart of the others."""
+
+    async def add_host(self, join: HostJoin) -> dict:
+        """Start the host's actors and its group; raise Conflict / BadRequest at once."""
+        ...
+
+    async def remove_host(self, node: str, drain_timeout: float) -> dict:
+        """Drain the node's groups (no new work, in-flight finishes), stop and forget them."""
+        ...

@@ -55,6 +55,7 @@ class ServedGroup(Protocol):
     ready: asyncio.Event
     context_length: int
     hardware: Hardware
+    leaving: bool  # being drained away: finishes its work, takes none
 
 
 class ClusterService:
@@ -164,7 +165,7 @@ class ClusterService:
         return GroupLoad(
             group.name,
             group.model,
-            leader is not None and leader.is_open,
+            leader is not None and leader.is_open and not group.leaving,
             view.in_flight if view is not None else 0,
             self._owed.get(group.name, 0),
             _NO_HARDWARE if free is None else self._hardware(group, free),
@@ -192,7 +193,13 @@ class ClusterService:
         out = []
         for g in self._groups:
             view = self._state.groups.get(g.name)
-            if g.model != ask.model or g.name in ask.exclude or g.failed or view is None:
+            if (
+                g.model != ask.model
+                or g.name in ask.exclude
+                or g.failed
+                or g.leaving
+                or view is None
+            ):
                 continue
             if view.state == "starting" and view.restarts == 0:
                 out.append(g)
@@ -238,6 +245,11 @@ class ClusterService:
             self._owed[group] = left
         else:
             self._owed.pop(group, None)
+
+    def forget_group(self, group: str) -> None:
+        """A group that left the cluster: drop what the router remembers of it."""
+        self._book.forget_group(group)
+        self._owed.pop(group, None)
 
     def cool(self, group: str) -> None:
         """``group`` just lost a request: other requests pass it over for a while."""

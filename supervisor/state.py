@@ -29,6 +29,16 @@ class NodeStatus:
 
 
 @dataclass(frozen=True)
+class NodeRemoved:
+    node: str
+
+
+@dataclass(frozen=True)
+class GroupRemoved:
+    group: str
+
+
+@dataclass(frozen=True)
 class GroupDeclared:
     group: str
     model: str
@@ -137,7 +147,9 @@ class RouteDecided:
 
 
 Event = (
-    NodeDeclared
+    NodeRemoved
+    | GroupRemoved
+    | NodeDeclared
     | NodeStatus
     | GroupDeclared
     | GroupState
@@ -232,6 +244,16 @@ class ClusterState:
     def _on_NodeStatus(self, e: NodeStatus) -> None:
         node = self.nodes[e.node]
         node.state, node.reason = e.state, e.reason
+
+    def _on_NodeRemoved(self, e: NodeRemoved) -> None:
+        self.nodes.pop(e.node, None)
+        for actor_id in [a.actor_id for a in self.actors.values() if a.node == e.node]:
+            del self.actors[actor_id]
+
+    def _on_GroupRemoved(self, e: GroupRemoved) -> None:
+        self.groups.pop(e.group, None)
+        for actor_id in [a.actor_id for a in self.actors.values() if a.group == e.group]:
+            del self.actors[actor_id]
 
     def _on_GroupDeclared(self, e: GroupDeclared) -> None:
         self.groups[e.group] = GroupView(e.group, e.model, list(e.nodes), e.parallel, e.backend)
