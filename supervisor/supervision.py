@@ -128,10 +128,11 @@ class ChildSupervisor:
         while not self._stopping.is_set():
             self._set_group_state("starting", restarted=restarted)
             failure = await self._one_incarnation()
+            if not self._stopping.is_set():  # logged before the kills, which a stop may cut short
+                log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
             await self._kill_all(failure.reason)
             if self._stopping.is_set():
                 break
-            log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
             restart_type = self._specs[0].restart
             decision = decide(self._policy, history, time.monotonic(), restart_type, failure.normal)
             if failure.permanent:

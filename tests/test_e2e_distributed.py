@@ -167,7 +167,7 @@ def test_kill_9_of_rank_1_restarts_every_rank(tmp_path, one_rank_outputs):
 def test_frozen_rank_1_is_ended_by_the_watchdog_and_the_request_fails(tmp_path):
     # Heartbeats would catch a frozen rank 1 too; they are slowed down here so that what
     # ends the hang is rank 0 making no progress inside its collective (the watchdog).
-    restart = {"backoff_initial": 0.1, "heartbeat_timeout": 60, "watchdog_interval": 3}
+    restart = {"backoff_initial": 0.1, "heartbeat_timeout": 60, "watchdog_interval": 5}
     sup = RunningSupervisor(tmp_path, env=UNBUFFERED, hostfile=local_pair(restart=restart))
     frozen = 0
     try:

@@ -116,7 +116,7 @@ def test_ranks_sharing_a_machine_get_a_core_each():
     spec = parse_hostfile(json.dumps(doc).encode(), "h.json")
     slots = cpu_slots(spec.groups, lambda h: machine_name(h))
     assert slots == {("local", 0): 0, ("local", 1): 1}  # one Mac per rank: nothing to pin
-    assert cpu_environment(slots.get(("local", 1))) == {CPU_ENV: "1"}
+    assert cpu_environment(slots.get(("local", 1))) == {CPU_ENV: "1", "OPENBLAS_NUM_THREADS": "1"}
     assert cpu_environment(None) == {}
 
 
