@@ -48,10 +48,14 @@ _ERRORS = {
     429: "Queue full; retry after the Retry-After header's seconds",
     503: "No replica can serve the model now; see Retry-After",
 }
-ERROR_RESPONSES = {
-    code: ResponseSpec(ErrorResponse, description=text, generate_examples=False)
-    for code, text in _ERRORS.items()
-}
+
+
+def error_response(description: str) -> ResponseSpec:
+    """An error response in OpenAI's shape, for an OpenAPI ``responses`` table."""
+    return ResponseSpec(ErrorResponse, description=description, generate_examples=False)
+
+
+ERROR_RESPONSES = {code: error_response(text) for code, text in _ERRORS.items()}
 
 
 class ServedModelCard(ModelCard, tag="model"):
