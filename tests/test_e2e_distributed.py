@@ -189,7 +189,8 @@ def test_frozen_rank_1_is_ended_by_the_watchdog_and_the_request_fails(tmp_path):
                 pass
         wait_for(lambda: group(sup)["restarts"] >= 1, 30, "the group to restart")
         reasons = [line.get("reason", "") for line in sup.log_lines()]
-        assert any("rank0 made no progress" in r and "watchdog" in r for r in reasons)
+        # Either rank may be the first seen stalled: rank 1 froze, rank 0 waits on it.
+        assert any("made no progress" in r and "watchdog" in r for r in reasons)
         sup.wait_healthy()
         assert not {a["pid"] for a in ranks(sup)} & set(before)
         assert complete(sup, PROMPTS[1])
