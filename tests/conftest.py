@@ -143,6 +143,17 @@ class RunningSupervisor:
         return self.proc.returncode
 
 
+@pytest.fixture(scope="session")
+def sup(tmp_path_factory):
+    """One demo supervisor shared by the tests that only send it requests (never kill it)."""
+    running = RunningSupervisor(tmp_path_factory.mktemp("shared"), demo_hostfile(max_batch=16))
+    try:
+        running.wait_healthy()
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture
 def start_supervisor(tmp_path):
     started: list[RunningSupervisor] = []

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import httpx
 import jsonschema
 import ollama
 import pytest
-
-from tests.conftest import RunningSupervisor, demo_hostfile
 
 MODEL = "demo:tiny"
 GREEDY = {"temperature": 0, "num_predict": 16}
@@ -25,17 +21,6 @@ PERSON = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(scope="module")
-def sup():
-    with tempfile.TemporaryDirectory() as tmp:
-        running = RunningSupervisor(Path(tmp), demo_hostfile(max_batch=16))
-        try:
-            running.wait_healthy()
-            yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
-from tests.conftest import RunningSupervisor, demo_hostfile, http_json
+from tests.conftest import http_json
 
 MODEL = "demo:tiny"
-
-
-@pytest.fixture(scope="module")
-def sup():
-    with tempfile.TemporaryDirectory() as tmp:
-        running = RunningSupervisor(Path(tmp), demo_hostfile(max_batch=16))
-        try:
-            running.wait_healthy()
-            yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture(scope="module")

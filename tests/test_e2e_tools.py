@@ -7,15 +7,11 @@ is valid because the server enforced it.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
-
-from tests.conftest import RunningSupervisor, demo_hostfile
 
 MODEL = "demo:tiny"
 SEEDS = range(3)
@@ -59,17 +55,6 @@ class Person(BaseModel):
     name: str = Field(max_length=8)
     age: int = Field(ge=0, le=120)
     member: bool
-
-
-@pytest.fixture(scope="module")
-def sup():
-    with tempfile.TemporaryDirectory() as tmp:
-        running = RunningSupervisor(Path(tmp), demo_hostfile(max_batch=16))
-        try:
-            running.wait_healthy()
-            yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture(scope="module")

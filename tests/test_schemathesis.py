@@ -11,8 +11,6 @@ tokens per request so that the run stays short on two cores.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import httpx
 import jsonschema
@@ -26,24 +24,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import RunningSupervisor, demo_hostfile
-
 MODEL = "demo:tiny"
 MAX_NEW_TOKENS = 4
 # Request fields that set how much is generated, per dialect.
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens")
 NDJSON = "application/x-ndjson"
-
-
-@pytest.fixture(scope="module")
-def sup():
-    with tempfile.TemporaryDirectory() as tmp:
-        running = RunningSupervisor(Path(tmp), demo_hostfile(max_batch=16))
-        try:
-            running.wait_healthy()
-            yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture(scope="module")
