@@ -269,9 +269,21 @@ class ChildSupervisor:
     async def _monitor(self) -> None:
         """Heartbeat silence for every child; no progress with work in flight (the watchdog)."""
         period = min(0.25, self._timeouts.heartbeat / 4)
+        expected = time.monotonic() + period
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            # Time this loop itself was stalled (a starved supervisor on a busy host) is
+            # not the actors' silence: their heartbeats are waiting unread in the sockets.
+            stalled = now - expected
+            if stalled > 0.5:
+                for child in self._children:
+                    child.last_beat += stalled
+                    child.progress_at += stalled
+                log.warning(
+                    "supervisor_loop_stalled", supervisor=self.name, seconds=round(stalled, 2)
+                )
+            expected = now + period
             for child in self._children:
                 if child.handle is None:
                     continue
