@@ -22,6 +22,7 @@ from mlx_lm.tool_parsers import json_tools
 from actors.constrained import Constraint, GrammarError, GrammarTokenizer, constraint_for
 from actors.demo_model import ensure_demo_model
 from actors.protocol import GenerationRequest, ResponseFormat, ToolSpec
+from tests.sample_tools import ADD, TOOLS, WEATHER
 
 SEEDS = range(5)
 MAX_TOKENS = 200
@@ -46,32 +47,7 @@ POINT = {
     "required": ["x", "ok"],
     "additionalProperties": False,
 }
-WEATHER = ToolSpec(
-    name="get_weather",
-    description="Weather in a city",
-    parameters={
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 10},
-            "unit": {"enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-)
-ADD = ToolSpec(
-    name="add",
-    parameters={
-        "type": "object",
-        "properties": {
-            "a": {"type": "integer", "minimum": -100, "maximum": 100},
-            "b": {"type": "integer", "minimum": -100, "maximum": 100},
-        },
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-)
-TOOLS = [WEATHER, ADD]
+
 TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 

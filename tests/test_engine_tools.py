@@ -25,38 +25,13 @@ from actors.protocol import (
     ResponseFormat,
     SamplingParams,
     ToolCall,
-    ToolSpec,
 )
 from actors.tool_calls import call_id
+from tests.sample_tools import ADD, TOOLS
 from tests.test_engine import Events
 
 SEEDS = range(4)
-WEATHER = ToolSpec(
-    name="get_weather",
-    description="Weather in a city",
-    parameters={
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 10},
-            "unit": {"enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-)
-ADD = ToolSpec(
-    name="add",
-    parameters={
-        "type": "object",
-        "properties": {
-            "a": {"type": "integer", "minimum": -100, "maximum": 100},
-            "b": {"type": "integer", "minimum": -100, "maximum": 100},
-        },
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-)
-TOOLS = [WEATHER, ADD]
+
 SCHEMAS = {t.name: t.parameters for t in TOOLS}
 PERSON = {
     "type": "object",
