@@ -141,15 +141,11 @@ class MessageOut(Struct, omit_defaults=True):
     tool_calls: list[ToolCallOut] | None = None
 
 
-class ChatResponse(Struct, kw_only=True, omit_defaults=True):
-    """A whole reply, or one line of a streamed one; the last line (``done``) has the figures.
-
-    Durations are in nanoseconds.
-    """
+class _Reply(Struct, kw_only=True, omit_defaults=True):
+    """What every reply line carries; the last line (``done``) has the figures, in ns."""
 
     model: str
     created_at: str
-    message: MessageOut
     done: bool
     done_reason: str | None = None
     total_duration: int | None = None
@@ -161,21 +157,16 @@ class ChatResponse(Struct, kw_only=True, omit_defaults=True):
     logprobs: list[Logprob] | None = None
 
 
-class GenerateResponse(Struct, kw_only=True, omit_defaults=True):
+class ChatResponse(_Reply, kw_only=True, omit_defaults=True):
+    """A whole chat reply, or one line of a streamed one."""
+
+    message: MessageOut
+
+
+class GenerateResponse(_Reply, kw_only=True, omit_defaults=True):
     """As ChatResponse, with the text in ``response``."""
 
-    model: str
-    created_at: str
     response: str
-    done: bool
-    done_reason: str | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
-    logprobs: list[Logprob] | None = None
 
 
 class ModelDetails(Struct):
