@@ -9,17 +9,7 @@ import sys
 import psutil
 
 from supervisor.pidfile import default_pidfile, port_of
-from tests.conftest import ROOT, demo_hostfile, free_port, wait_for
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.conftest import demo_hostfile, free_port, run_cli, wait_for
 
 
 def _gone(pid: int) -> bool:

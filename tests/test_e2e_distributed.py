@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import ROOT, RunningSupervisor, wait_for
+from tests.conftest import ROOT, RunningSupervisor, run_cli, wait_for
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
 
 MODEL = "demo:tiny"
@@ -261,15 +260,6 @@ def test_a_group_that_cannot_split_its_model_is_refused_before_start(tmp_path):
         "tensor-parallel group of 3 cannot split them; use 1 or 2 hosts"
     )
 
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _closed_port() -> int:

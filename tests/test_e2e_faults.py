@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, demo_hostfile, wait_for
+from tests.conftest import demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"
 
@@ -132,15 +130,6 @@ def test_queue_full_is_429_with_retry_after(start_supervisor):
     t.join(60)
     wait_for(lambda: sup.status()["queue_depth"] == 0, 30, "the cancelled stream to end")
 
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize(

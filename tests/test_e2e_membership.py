@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import httpx
 import psutil
 
-from tests.conftest import ROOT, demo_hostfile, wait_for
+from tests.conftest import demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"
-
-
-def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def served_by(sup) -> str:
@@ -34,7 +26,7 @@ def test_add_host_serves_without_disturbing_then_remove_host_drains(start_superv
     sup.wait_healthy()
     main_pid = sup.actor("generation", group="main")["pid"]
 
-    added = cli("add-host", "localhost", "--name", "extra", "--url", sup.url)
+    added = run_cli("add-host", "localhost", "--name", "extra", "--url", sup.url)
     assert added.returncode == 0, added.stderr
     wait_for(lambda: group_state(sup, "extra") == "ready", 60, "the joined group to be ready")
     assert {served_by(sup) for _ in range(6)} == {"main", "extra"}
@@ -42,10 +34,10 @@ def test_add_host_serves_without_disturbing_then_remove_host_drains(start_superv
     extra_pid = sup.actor("generation", group="extra")["pid"]
     sup.remember_children()
 
-    again = cli("add-host", "localhost", "--name", "extra", "--url", sup.url)
+    again = run_cli("add-host", "localhost", "--name", "extra", "--url", sup.url)
     assert again.returncode == 2 and "already in the cluster" in again.stderr
 
-    removed = cli("remove-host", "extra", "--url", sup.url)
+    removed = run_cli("remove-host", "extra", "--url", sup.url)
     assert removed.returncode == 0, removed.stderr
     status = sup.status()
     assert [g["name"] for g in status["groups"]] == ["main"]
@@ -59,7 +51,7 @@ def test_add_host_serves_without_disturbing_then_remove_host_drains(start_superv
 def test_join_from_the_new_machine(start_supervisor):
     sup = start_supervisor(demo_hostfile())
     sup.wait_healthy()
-    joined = cli("join", sup.url.removeprefix("http://"), "--ssh", "localhost", "--name", "j1")
+    joined = run_cli("join", sup.url.removeprefix("http://"), "--ssh", "localhost", "--name", "j1")
     assert joined.returncode == 0, joined.stderr
     wait_for(lambda: group_state(sup, "j1") == "ready", 60, "the joined group to be ready")
     sup.remember_children()
@@ -70,7 +62,7 @@ def test_unreachable_host_is_removed_after_the_grace_period(start_supervisor):
     sup = start_supervisor(demo_hostfile(membership={"unreachable_grace": 2},
                                          ssh={"retries": 0, "connect_timeout": 2}))
     sup.wait_healthy()
-    added = cli("add-host", "root@127.0.0.1:1", "--name", "ghost", "--url", sup.url)
+    added = run_cli("add-host", "root@127.0.0.1:1", "--name", "ghost", "--url", sup.url)
     assert added.returncode == 0, added.stderr
     wait_for(lambda: "ghost" in [n["name"] for n in sup.status()["nodes"]], 10, "ghost declared")
     wait_for(lambda: "ghost" not in [n["name"] for n in sup.status()["nodes"]], 60,
@@ -86,5 +78,5 @@ def test_bad_join_requests_are_clear(start_supervisor):
     sup.wait_healthy()
     r = httpx.post(sup.url + "/api/cluster/hosts", json={"name": "x"}, timeout=10)
     assert r.status_code == 400 and "ssh" in r.json()["error"]["message"]
-    gone = cli("remove-host", "nobody", "--url", sup.url)
+    gone = run_cli("remove-host", "nobody", "--url", sup.url)
     assert gone.returncode == 2 and "no node 'nobody'" in gone.stderr
