@@ -39,8 +39,13 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real `supervisor` command line with ``args``."""
-    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def http_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:

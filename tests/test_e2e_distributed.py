@@ -261,7 +261,6 @@ def test_a_group_that_cannot_split_its_model_is_refused_before_start(tmp_path):
     )
 
 
-
 def _closed_port() -> int:
     import socket
 

@@ -131,7 +131,6 @@ def test_queue_full_is_429_with_retry_after(start_supervisor):
     wait_for(lambda: sup.status()["queue_depth"] == 0, 30, "the cancelled stream to end")
 
 
-
 @pytest.mark.parametrize(
     "content, expected",
     [

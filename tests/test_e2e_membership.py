@@ -11,8 +11,11 @@ MODEL = "demo:tiny"
 
 
 def served_by(sup) -> str:
-    r = httpx.post(sup.url + "/v1/completions", timeout=60,
-                   json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+    r = httpx.post(
+        sup.url + "/v1/completions",
+        timeout=60,
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+    )
     assert r.status_code == 200, r.text
     return r.headers["x-served-by"]
 
@@ -42,8 +45,14 @@ def test_add_host_serves_without_disturbing_then_remove_host_drains(start_superv
     status = sup.status()
     assert [g["name"] for g in status["groups"]] == ["main"]
     assert "extra" not in [n["name"] for n in status["nodes"]]
-    wait_for(lambda: not psutil.pid_exists(extra_pid)
-             or psutil.Process(extra_pid).status() == psutil.STATUS_ZOMBIE, 15, "extra to end")
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(extra_pid)
+            or psutil.Process(extra_pid).status() == psutil.STATUS_ZOMBIE
+        ),
+        15,
+        "extra to end",
+    )
     assert {served_by(sup) for _ in range(3)} == {"main"}
     assert sup.actor("generation", group="main")["pid"] == main_pid
 
@@ -59,14 +68,18 @@ def test_join_from_the_new_machine(start_supervisor):
 
 
 def test_unreachable_host_is_removed_after_the_grace_period(start_supervisor):
-    sup = start_supervisor(demo_hostfile(membership={"unreachable_grace": 2},
-                                         ssh={"retries": 0, "connect_timeout": 2}))
+    sup = start_supervisor(
+        demo_hostfile(membership={"unreachable_grace": 2}, ssh={"retries": 0, "connect_timeout": 2})
+    )
     sup.wait_healthy()
     added = run_cli("add-host", "root@127.0.0.1:1", "--name", "ghost", "--url", sup.url)
     assert added.returncode == 0, added.stderr
     wait_for(lambda: "ghost" in [n["name"] for n in sup.status()["nodes"]], 10, "ghost declared")
-    wait_for(lambda: "ghost" not in [n["name"] for n in sup.status()["nodes"]], 60,
-             "the unreachable node to be removed")
+    wait_for(
+        lambda: "ghost" not in [n["name"] for n in sup.status()["nodes"]],
+        60,
+        "the unreachable node to be removed",
+    )
     assert [g["name"] for g in sup.status()["groups"]] == ["main"]
     removal = [e for e in sup.log_lines() if e.get("event") == "node_unreachable_removed"]
     assert removal and removal[0]["node"] == "ghost"

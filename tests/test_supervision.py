@@ -195,4 +195,3 @@ async def test_stop_ends_every_child():
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert {a.state for a in tree.state.actors.values()} == {"stopped"}
-
