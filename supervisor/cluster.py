@@ -272,10 +272,23 @@ class Cluster:
     async def drain(self, timeout: float) -> None:
         """Refuse new work (503) and wait for in-flight requests, at most ``timeout`` s."""
         self.state.draining = True
-        deadline = time.monotonic() + timeout
-        while self.state.in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self.wait_idle(None, timeout)
         log.info("drained", left_in_flight=self.state.in_flight)
+
+    async def wait_idle(self, groups: list[str] | None, timeout: float) -> bool:
+        """Wait until ``groups`` (None: all) have nothing in flight; False if time ran out."""
+
+        def busy() -> bool:
+            views = self.state.groups
+            names = views if groups is None else [g for g in groups if g in views]
+            return any(views[g].in_flight for g in names)
+
+        deadline = time.monotonic() + timeout
+        while busy():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)

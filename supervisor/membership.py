@@ -76,7 +76,7 @@ class ClusterMembership:
             groups = cluster.groups_on(node)
             for group in groups:
                 group.leaving = True
-            drained = await self._drain([g.name for g in groups], drain_timeout)
+            drained = await cluster.wait_idle([g.name for g in groups], drain_timeout)
             for group in groups:
                 await cluster.remove_group(group)
             await cluster.remove_node(node)
@@ -84,16 +84,6 @@ class ClusterMembership:
             self._leaving.discard(node)
         log.info("host_left", node=node, groups=[g.name for g in groups], drained=drained)
         return {"node": node, "groups": [g.name for g in groups], "drained": drained}
-
-    async def _drain(self, groups: list[str], timeout: float) -> bool:
-        """Wait until the groups have nothing in flight; False if ``timeout`` ran out."""
-        state = self._cluster.state
-        deadline = time.monotonic() + timeout
-        while any(state.groups[g].in_flight for g in groups if g in state.groups):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
     async def watch_unreachable(self, period: float = 1.0) -> None:
         """Remove nodes that stay unreachable (not up) longer than the grace period."""
