@@ -28,18 +28,11 @@ from supervisor.ssh import (
 )
 from supervisor.state import ClusterState, GroupDeclared
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from tests.conftest import until
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIAS = "testnode"
-
-
-async def until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)

@@ -17,16 +17,9 @@ from supervisor.hostfile import RestartSpec
 from supervisor.spawner import ActorLaunch, LocalSpawner, actor_environment
 from supervisor.state import ClusterState, GroupDeclared
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from tests.conftest import until
 
 TOKEN = "test-token"
-
-
-async def until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Tree:
