@@ -8,6 +8,10 @@ prefills. Events leave through ``emit`` on the engine thread.
 Each loop turn is one ``_step()``: ``_schedule()`` decides which requests join
 and which sequences leave the batch (the one decision a distributed group must
 share), ``_apply()`` carries it out, then the batch advances one token.
+
+A request alone in a single-rank engine runs as a ``Solo`` (``actors.solo``), which
+decodes like ``generate_step`` without the batch's bookkeeping, and joins the batch
+when a second request arrives.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from actors.protocol import (
     Usage,
 )
 from actors.sampling import token_logprob
+from actors.solo import Solo, SoloToken
 
 log = structlog.get_logger()
 
@@ -124,9 +129,11 @@ class Engine:
         self._active: dict[str, Sequence] = {}
         self._by_uid: dict[int, Sequence] = {}
         self._retiring: list[int] = []
+        self._solo: Solo | None = None  # the one sequence, when it runs alone
         self._prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
         self._eos_stop = make_stop_sequences(tokenizer)
         self._no_stop = StopSequences()  # ignore_eos
+        self._eos_ids = frozenset(int(t) for t in getattr(tokenizer, "eos_token_ids", ()) or ())
 
     # ------------------------------------------------------------------ caller side
 
@@ -170,7 +177,7 @@ class Engine:
                 **self._counters,
                 "active_requests": len(self._active),
                 "queued_requests": len(self._incoming),
-                "batch_size": len(self._by_uid),
+                "batch_size": len(self._by_uid) + (self._solo is not None),
             }
 
     # ------------------------------------------------------------------ engine thread
@@ -224,6 +231,15 @@ class Engine:
     def _has_work(self) -> bool:
         return bool(self._active or self._retiring or self._incoming or self._cancels)
 
+    def _alone(self, plan: StepPlan) -> bool:
+        """Whether the plan's one admission will be the only sequence: it may run as a Solo."""
+        return (
+            self._lockstep is None  # ranks of a group keep to the one batched path
+            and len(plan.admit) == 1
+            and not self._by_uid
+            and self._solo is None
+        )
+
     def _step(self) -> None:
         """One turn: agree on batch changes, apply them, advance the batch one token."""
         if self._lockstep is not None:
@@ -233,7 +249,9 @@ class Engine:
             plan = self._share(plan)
         if plan:
             self._apply(plan)
-        if self._by_uid:
+        if self._solo is not None:
+            self._advance_solo()
+        elif self._by_uid:
             self._advance()
         self._flush_due()
 
@@ -247,7 +265,8 @@ class Engine:
                 plan.drop = [r for r in self._incoming if r.request_id in cancels]
                 self._incoming = deque(r for r in self._incoming if r.request_id not in cancels)
                 plan.cancel = [rid for rid in cancels if rid in self._active]
-            room = self._max_batch - (len(self._by_uid) - len(plan.cancel))
+            running = len(self._by_uid) + (self._solo is not None)
+            room = self._max_batch - (running - len(plan.cancel))
             while self._incoming and len(plan.admit) < room:
                 plan.admit.append(self._incoming.popleft())
         return plan
@@ -274,11 +293,17 @@ class Engine:
             self._emit(Finished(request.request_id, "cancelled", Usage(0, 0)))
             self._count(requests_done=1)
         cancelled = [self._active[rid] for rid in plan.cancel]
-        self._remove([seq.uid for seq in cancelled] + plan.retire)
+        solo = self._solo
+        if solo is not None and solo.seq in cancelled:
+            self._end_solo()
+        self._remove([seq.uid for seq in cancelled if seq is not solo] + plan.retire)
         for seq in cancelled:
             self._finish(seq, "cancelled")
+        alone = self._alone(plan)
+        if plan.admit and not alone and self._solo is not None:
+            self._join_batch()
         for request in plan.admit:
-            self._admit(request)
+            self._admit(request, alone)
 
     def _remove(self, uids: list[int]) -> None:
         """Take sequences out of the batch, keeping their KV caches for later prompts."""
@@ -288,7 +313,7 @@ class Engine:
         for cache, tokens in caches.values():
             self._store_cache(tokens, cache)
 
-    def _admit(self, request: GenerationRequest) -> None:
+    def _admit(self, request: GenerationRequest, alone: bool = False) -> None:
         try:
             seq = self._prepare(request)
         except Exception as error:  # the request's own fault: template, length, parameters
@@ -301,13 +326,13 @@ class Engine:
             self._finish(seq, "length")
             return
         try:
-            self._insert(seq)
+            self._insert(seq, alone)
         except Exception as error:
             log.exception("insert_failed", request_id=seq.request_id)
             self._fail(seq, f"could not start generation: {error!r}", 500)
 
-    def _insert(self, seq: Sequence) -> None:
-        """Put a sequence into the batch, starting from the longest cached prefix."""
+    def _insert(self, seq: Sequence, alone: bool) -> None:
+        """Start a sequence (alone: as the Solo) from the longest cached prefix."""
         cache, rest = self._prompt_cache.fetch_nearest_cache(self._model_name, seq.prompt)
         if cache is not None and not rest:
             # An exact hit leaves nothing to feed and BatchGenerator rejects an empty prompt.
@@ -317,21 +342,83 @@ class Engine:
             else:
                 cache, rest = None, seq.prompt
         seq.cached_tokens = len(seq.prompt) - len(rest)
+        if alone:
+            stop_ids = frozenset() if seq.ignores_eos else self._eos_ids
+            self._solo = Solo(
+                self._model,
+                seq,
+                cache,
+                rest,
+                stream=self._generator.stream,
+                prefill_step_size=self._prefill_step_size,
+                stop_ids=stop_ids,
+            )
+        else:
+            self._batch_insert(seq, rest, cache, seq.prompt[: seq.cached_tokens])
+        with self._lock:
+            self._counters["prompt_tokens"] += len(rest)
+            self._counters["cache_hits"] += seq.cached_tokens > 0
+            size = len(self._by_uid) + (self._solo is not None)
+            self._counters["peak_batch_size"] = max(self._counters["peak_batch_size"], size)
+
+    def _batch_insert(
+        self, seq: Sequence, rest: list[int], cache: list[Any] | None, held: list[int]
+    ) -> None:
+        """Put a sequence into the batch: ``cache`` holds ``held``, ``rest`` is to feed."""
         (seq.uid,) = self._generator.insert(
             [rest],
-            max_tokens=[seq.max_new_tokens],
+            max_tokens=[seq.max_new_tokens - seq.generated],
             caches=[cache],
-            all_tokens=[seq.prompt[: seq.cached_tokens]],
+            all_tokens=[held],
             samplers=[seq.sampler],
             logits_processors=[seq.processors],
             stop_sequences=[self._no_stop if seq.ignores_eos else self._eos_stop],
         )
         self._by_uid[seq.uid] = seq
-        with self._lock:
-            self._counters["prompt_tokens"] += len(rest)
-            self._counters["cache_hits"] += seq.cached_tokens > 0
-            peak = max(self._counters["peak_batch_size"], len(self._by_uid))
-            self._counters["peak_batch_size"] = peak
+
+    def _join_batch(self) -> None:
+        """A second sequence is coming: the Solo goes on inside the batch from where it is."""
+        solo = self._solo
+        token, rest = solo.hand_over()
+        if token is not None and self._solo_token(solo, token):
+            return  # that token was its last
+        self._solo = None
+        self._batch_insert(solo.seq, rest, solo.cache, list(solo.tokens))
+
+    def _advance_solo(self) -> None:
+        solo = self._solo
+        try:
+            fed, token = solo.step()
+        except Exception as error:
+            log.exception("solo_step_failed", request_id=solo.seq.request_id)
+            self._solo = None
+            self._fail(solo.seq, f"generation step failed: {error!r}", 500, retryable=True)
+            return
+        self._count(progress=1, tokens_generated=token is not None)
+        if token is not None:
+            self._solo_token(solo, token)
+
+    def _solo_token(self, solo: Solo, token: SoloToken) -> bool:
+        """Hand a Solo's token to its output; True when that ended the sequence."""
+        seq = solo.seq
+        try:
+            reason = self._on_token(seq, token.token, token.logprobs, token.eos, token.at_length)
+        except Exception as error:
+            log.exception("token_handling_failed", request_id=seq.request_id)
+            self._end_solo()
+            self._fail(seq, f"generation failed: {error!r}", 500)
+            return True
+        if reason is None:
+            return False
+        self._end_solo()
+        self._finish(seq, reason)
+        return True
+
+    def _end_solo(self) -> None:
+        """The Solo's sequence is done: keep its KV cache for later prompts."""
+        solo, self._solo = self._solo, None
+        if solo is not None:
+            self._store_cache(solo.tokens, solo.cache)
 
     def _prepare(self, request: GenerationRequest) -> Sequence:
         """Everything about a request that can fail because of the request; raises ValueError."""
@@ -355,35 +442,43 @@ class Engine:
             if seq is None:
                 continue
             try:
-                self._on_token(seq, response)
+                reason = self._on_token(
+                    seq,
+                    response.token,
+                    response.logprobs,
+                    eos=response.finish_reason == "stop",  # the only token-level stop we set
+                    at_length=response.finish_reason == "length",
+                )
             except Exception as error:
                 log.exception("token_handling_failed", request_id=seq.request_id)
                 self._fail(seq, f"generation failed: {error!r}", 500)
                 if response.finish_reason is None:
                     self._retiring.append(seq.uid)
-
-    def _on_token(self, seq: Sequence, response: Any) -> None:
-        seq.generated += 1
-        if response.finish_reason == "stop":  # an EOS id: the only token-level stop we set
-            seq.output.finish()
-            reason = "stop"
-        else:
-            logprob = None
-            if seq.wants_logprobs:
-                logprob = token_logprob(
-                    response.logprobs, response.token, seq.request.top_logprobs, self._decode
-                )
-            if seq.output.add(response.token, logprob):
-                reason = "stop"
-            elif response.finish_reason == "length":
-                reason = "stop" if seq.output.finish() else "length"
+                continue
+            if reason is None:
+                continue
+            if response.finish_reason is None:
+                self._retiring.append(seq.uid)  # a stop string: the batch still holds it
             else:
-                return
-        if response.finish_reason is None:
-            self._retiring.append(seq.uid)  # a stop string: the batch still holds it
-        else:
-            self._store_cache(response.all_tokens, response.prompt_cache)
-        self._finish(seq, reason)
+                self._store_cache(response.all_tokens, response.prompt_cache)
+            self._finish(seq, reason)
+
+    def _on_token(
+        self, seq: Sequence, token: int, logprobs: Any, eos: bool, at_length: bool
+    ) -> str | None:
+        """Add one token to the sequence's output; the finish reason if it ends there."""
+        seq.generated += 1
+        if eos:
+            seq.output.finish()
+            return "stop"
+        logprob = None
+        if seq.wants_logprobs:
+            logprob = token_logprob(logprobs, token, seq.request.top_logprobs, self._decode)
+        if seq.output.add(token, logprob):
+            return "stop"
+        if at_length:
+            return "stop" if seq.output.finish() else "length"
+        return None
 
     def _decode(self, token: int) -> str:
         return self._tokenizer.decode([token])
@@ -445,6 +540,7 @@ class Engine:
             # Most likely the replica, not the request: another group may well succeed.
             self._fail(seq, f"generation step failed: {error!r}", 500, retryable=True)
         self._retiring = []
+        self._solo = None
         self._generator.close()
         self._generator = self._new_generator()
 
@@ -456,6 +552,7 @@ class Engine:
         # races interpreter shutdown and aborts the process ("terminate called without an
         # active exception"); a worker thread must drop its arrays and clear its streams.
         self._generator = None
+        self._solo = None
         self._prompt_cache = LRUPromptCache(max_size=0)
         self._retiring = []
         gc.collect()
