@@ -25,6 +25,7 @@ import mlx.core as mx
 import msgspec
 import structlog
 
+from actors.inbox import StepPlan
 from actors.protocol import GenerationRequest, LoadProgress
 from actors.rank_env import BACKEND_ENV, WORLD_SIZE_ENV, write_rank_files
 
@@ -133,6 +134,22 @@ class Lockstep:
             wakeup.wait(self._idle_tick)
         else:
             time.sleep(self._idle_tick)
+
+    def agree(self, plan: StepPlan) -> StepPlan:
+        """Rank 0's batch changes on every rank: rank 0 sends its plan, the others adopt it.
+
+        Every rank then admits the same requests (each renders the prompt itself, as
+        mlx_lm.server's ranks do) and samples with the same seeds, so batches stay equal.
+        """
+        if self.leader:
+            plan.admit = [with_shared_seed(r) for r in plan.admit]
+            changed = plan.admit or plan.cancel or plan.retire
+            self.share(SharedPlan(plan.admit, plan.cancel, plan.retire) if changed else None)
+            return plan
+        shared = self.share(None)
+        if shared is None:
+            return StepPlan()
+        return StepPlan(admit=shared.admit, cancel=shared.cancel, retire=shared.retire)
 
     def share(self, plan: SharedPlan | None) -> SharedPlan | None:
         """Rank 0's plan on every rank (None: nothing new); followers pass None."""

@@ -1,13 +1,13 @@
 """The generation engine: continuous batching over mlx_lm's ``BatchGenerator``.
 
-One thread owns the model, the ``BatchGenerator`` and the prompt cache; callers
-talk to it through ``submit`` / ``cancel`` / ``vitals``, which never block on
-compute, so an actor runtime can keep sending heartbeats while a long prompt
-prefills. Events leave through ``emit`` on the engine thread.
+One thread owns the model, the batch and the prompt cache; callers talk to it
+through ``submit`` / ``cancel`` / ``vitals``, which never block on compute, so an
+actor runtime can keep sending heartbeats while a long prompt prefills.
 
-Each loop turn is one ``_step()``: ``_schedule()`` decides which requests join
-and which sequences leave the batch (the one decision a distributed group must
-share), ``_apply()`` carries it out, then the batch advances one token.
+Each loop turn is one ``_step()``: ``_schedule()`` takes from the ``Inbox`` which
+requests join and which sequences leave the batch (the one decision a distributed
+group must share, ``Lockstep.agree``), ``_apply()`` carries it out, then the batch
+(``actors.batch``) advances one token and the ``Outbox`` sends what is due.
 
 A request alone in a single-rank engine runs as a ``Solo`` (``actors.solo``), which
 decodes like ``generate_step`` without the batch's bookkeeping, and joins the batch
@@ -18,34 +18,22 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 import structlog
-from mlx_lm.generate import BatchGenerator, StopSequences, make_stop_sequences
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from actors.admission import ModelFacts, Sequence, prepare_sequence
+from actors.batch import Batch
 from actors.constrained import GrammarTokenizer
-from actors.distributed import GroupFailure, GroupStopped, Lockstep, SharedPlan, with_shared_seed
-from actors.protocol import (
-    Finished,
-    GenerationEvent,
-    GenerationFailed,
-    GenerationRequest,
-    TokenDelta,
-    Usage,
-)
-from actors.sampling import token_logprob
+from actors.distributed import GroupFailure, GroupStopped, Lockstep
+from actors.inbox import Inbox, StepPlan
+from actors.outbox import Emit, Outbox
+from actors.prompt_cache import PromptCache
+from actors.protocol import Finished, GenerationRequest, Usage
 from actors.solo import Solo, SoloToken
 
 log = structlog.get_logger()
-
-Emit = Callable[[GenerationEvent], None]
 
 _COUNTERS = (
     "peak_batch_size",
@@ -55,19 +43,6 @@ _COUNTERS = (
     "requests_done",
     "cache_hits",
 )
-
-
-@dataclass
-class StepPlan:
-    """Changes to the batch before the next step: what ranks of a group must agree on."""
-
-    admit: list[GenerationRequest] = field(default_factory=list)
-    drop: list[GenerationRequest] = field(default_factory=list)  # cancelled while queued
-    cancel: list[str] = field(default_factory=list)  # running request ids to end as cancelled
-    retire: list[int] = field(default_factory=list)  # uids already finished, still in the batch
-
-    def __bool__(self) -> bool:
-        return bool(self.admit or self.drop or self.cancel or self.retire)
 
 
 class Engine:
@@ -81,7 +56,7 @@ class Engine:
         model_name: str,
         emit: Emit,
         max_batch: int = 32,
-        coalesce_ms: float = 5.0,
+        coalesce_ms: float = 20.0,  # hostfile stream_interval_ms
         prompt_cache_size: int = 16,
         default_max_tokens: int = 512,
         context_length: int,
@@ -96,14 +71,12 @@ class Engine:
         """
         self._lockstep = lockstep
         self._model = model
-        self._tokenizer = tokenizer
-        self._model_name = model_name
-        self._emit_fn = emit
+        self._out = Outbox(emit, tokenizer, coalesce_ms)
         self._max_batch = max_batch
-        self._coalesce_s = coalesce_ms / 1000.0
-        self._default_max_tokens = default_max_tokens
-        self._context_length = context_length
         self._prefill_step_size = prefill_step_size
+        self._batch = Batch(
+            model, tokenizer, max_batch=max_batch, prefill_step_size=prefill_step_size
+        )
         args = getattr(model, "args", None)
         self._vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
         self._facts = ModelFacts(
@@ -114,25 +87,19 @@ class Engine:
             grammar=grammar,
         )
 
-        # Shared with callers' threads, under _lock.
+        # Shared with callers' threads: the inbox, and the counters under _lock.
+        self._inbox = Inbox()
+        self._wakeup = self._inbox.wakeup
         self._lock = threading.Lock()
-        self._incoming: deque[GenerationRequest] = deque()
-        self._cancels: set[str] = set()
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._closed = False  # set once the thread has drained; later submits fail at once
-        self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
         # Engine thread only.
-        self._generator: BatchGenerator | None = None
         self._active: dict[str, Sequence] = {}
-        self._by_uid: dict[int, Sequence] = {}
         self._retiring: list[int] = []
         self._solo: Solo | None = None  # the one sequence, when it runs alone
-        self._prompt_cache = LRUPromptCache(max_size=prompt_cache_size)
-        self._eos_stop = make_stop_sequences(tokenizer)
-        self._no_stop = StopSequences()  # ignore_eos
+        self._prompt_cache = PromptCache(model_name, prompt_cache_size)
         self._eos_ids = frozenset(int(t) for t in getattr(tokenizer, "eos_token_ids", ()) or ())
 
     # ------------------------------------------------------------------ caller side
@@ -155,20 +122,12 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request; its events arrive through ``emit``."""
-        with self._lock:
-            closed = self._closed or self._stopping.is_set()
-            if not closed:
-                self._incoming.append(request)
-        if closed:
-            self._emit(_failed(request.request_id, "engine is stopped", 503, retryable=True))
-            return
-        self._wakeup.set()
+        if self._stopping.is_set() or not self._inbox.put(request):
+            self._out.failed(request.request_id, "engine is stopped", 503, retryable=True)
 
     def cancel(self, request_id: str) -> None:
         """End a request as "cancelled" at the next step; unknown ids are ignored."""
-        with self._lock:
-            self._cancels.add(request_id)
-        self._wakeup.set()
+        self._inbox.cancel(request_id)
 
     def vitals(self) -> dict[str, int]:
         """Fields of ``actors.protocol.Vitals``; ``progress`` moves per prefill chunk and token."""
@@ -176,8 +135,8 @@ class Engine:
             return {
                 **self._counters,
                 "active_requests": len(self._active),
-                "queued_requests": len(self._incoming),
-                "batch_size": len(self._by_uid) + (self._solo is not None),
+                "queued_requests": len(self._inbox),
+                "batch_size": len(self._batch) + (self._solo is not None),
             }
 
     # ------------------------------------------------------------------ engine thread
@@ -185,7 +144,7 @@ class Engine:
     def _run(self) -> None:
         lost: GroupFailure | None = None
         try:
-            self._generator = self._new_generator()
+            self._batch.open()
             while self._running():
                 self._wakeup.clear()
                 if self._lockstep is None and not self._has_work():
@@ -218,25 +177,15 @@ class Engine:
             return True
         return not self._stopping.is_set()
 
-    def _new_generator(self) -> BatchGenerator:
-        # The default stream, as mlx_lm.server does: collectives of a distributed group
-        # must never race a step queued on another stream.
-        return BatchGenerator(
-            self._model,
-            completion_batch_size=self._max_batch,
-            prefill_step_size=self._prefill_step_size,
-            stream=mx.default_stream(mx.default_device()),
-        )
-
     def _has_work(self) -> bool:
-        return bool(self._active or self._retiring or self._incoming or self._cancels)
+        return bool(self._active or self._retiring or self._inbox.pending())
 
     def _alone(self, plan: StepPlan) -> bool:
         """Whether the plan's one admission will be the only sequence: it may run as a Solo."""
         return (
             self._lockstep is None  # ranks of a group keep to the one batched path
             and len(plan.admit) == 1
-            and not self._by_uid
+            and not self._batch
             and self._solo is None
         )
 
@@ -246,51 +195,25 @@ class Engine:
             self._lockstep.pace(self._has_work(), self._wakeup)
         plan = self._schedule()
         if self._lockstep is not None:
-            plan = self._share(plan)
+            plan = self._lockstep.agree(plan)
         if plan:
             self._apply(plan)
         if self._solo is not None:
             self._advance_solo()
-        elif self._by_uid:
+        elif self._batch:
             self._advance()
-        self._flush_due()
+        self._out.flush_due(self._active.values())
 
     def _schedule(self) -> StepPlan:
         """Decide which requests join and which sequences leave the batch this step."""
-        plan = StepPlan(retire=self._retiring)
-        self._retiring = []
-        with self._lock:
-            cancels, self._cancels = self._cancels, set()
-            if cancels:
-                plan.drop = [r for r in self._incoming if r.request_id in cancels]
-                self._incoming = deque(r for r in self._incoming if r.request_id not in cancels)
-                plan.cancel = [rid for rid in cancels if rid in self._active]
-            running = len(self._by_uid) + (self._solo is not None)
-            room = self._max_batch - (running - len(plan.cancel))
-            while self._incoming and len(plan.admit) < room:
-                plan.admit.append(self._incoming.popleft())
+        running = len(self._batch) + (self._solo is not None)
+        plan = self._inbox.take(self._max_batch - running, self._active)
+        plan.retire, self._retiring = self._retiring, []
         return plan
-
-    def _share(self, plan: StepPlan) -> StepPlan:
-        """Rank 0 sends its plan's batch changes to the group; the other ranks adopt them.
-
-        Every rank then admits the same requests (each renders the prompt itself, as
-        mlx_lm.server's ranks do) and samples with the same seeds, so batches stay equal.
-        """
-        if self._lockstep.leader:
-            plan.admit = [with_shared_seed(r) for r in plan.admit]
-            changed = plan.admit or plan.cancel or plan.retire
-            shared = SharedPlan(plan.admit, plan.cancel, plan.retire) if changed else None
-            self._lockstep.share(shared)
-            return plan
-        shared = self._lockstep.share(None)
-        if shared is None:
-            return StepPlan()
-        return StepPlan(admit=shared.admit, cancel=shared.cancel, retire=shared.retire)
 
     def _apply(self, plan: StepPlan) -> None:
         for request in plan.drop:
-            self._emit(Finished(request.request_id, "cancelled", Usage(0, 0)))
+            self._out.emit(Finished(request.request_id, "cancelled", Usage(0, 0)))
             self._count(requests_done=1)
         cancelled = [self._active[rid] for rid in plan.cancel]
         solo = self._solo
@@ -307,18 +230,15 @@ class Engine:
 
     def _remove(self, uids: list[int]) -> None:
         """Take sequences out of the batch, keeping their KV caches for later prompts."""
-        if not uids:
-            return
-        caches = self._generator.remove(uids, return_prompt_caches=True)
-        for cache, tokens in caches.values():
-            self._store_cache(tokens, cache)
+        for cache, tokens in self._batch.remove(uids):
+            self._prompt_cache.keep(tokens, cache)
 
     def _admit(self, request: GenerationRequest, alone: bool = False) -> None:
         try:
             seq = self._prepare(request)
         except Exception as error:  # the request's own fault: template, length, parameters
             log.info("request_rejected", request_id=request.request_id, error=str(error))
-            self._emit(_failed(request.request_id, str(error) or repr(error), 400))
+            self._out.failed(request.request_id, str(error) or repr(error), 400)
             self._count(requests_done=1)
             return
         self._active[seq.request_id] = seq
@@ -333,14 +253,7 @@ class Engine:
 
     def _insert(self, seq: Sequence, alone: bool) -> None:
         """Start a sequence (alone: as the Solo) from the longest cached prefix."""
-        cache, rest = self._prompt_cache.fetch_nearest_cache(self._model_name, seq.prompt)
-        if cache is not None and not rest:
-            # An exact hit leaves nothing to feed and BatchGenerator rejects an empty prompt.
-            if can_trim_prompt_cache(cache):
-                trim_prompt_cache(cache, 1)
-                rest = seq.prompt[-1:]
-            else:
-                cache, rest = None, seq.prompt
+        cache, rest = self._prompt_cache.nearest(seq.prompt)
         seq.cached_tokens = len(seq.prompt) - len(rest)
         if alone:
             stop_ids = frozenset() if seq.ignores_eos else self._eos_ids
@@ -349,32 +262,17 @@ class Engine:
                 seq,
                 cache,
                 rest,
-                stream=self._generator.stream,
+                stream=self._batch.stream,
                 prefill_step_size=self._prefill_step_size,
                 stop_ids=stop_ids,
             )
         else:
-            self._batch_insert(seq, rest, cache, seq.prompt[: seq.cached_tokens])
+            self._batch.insert(seq, rest, cache, seq.prompt[: seq.cached_tokens])
         with self._lock:
             self._counters["prompt_tokens"] += len(rest)
             self._counters["cache_hits"] += seq.cached_tokens > 0
-            size = len(self._by_uid) + (self._solo is not None)
+            size = len(self._batch) + (self._solo is not None)
             self._counters["peak_batch_size"] = max(self._counters["peak_batch_size"], size)
-
-    def _batch_insert(
-        self, seq: Sequence, rest: list[int], cache: list[Any] | None, held: list[int]
-    ) -> None:
-        """Put a sequence into the batch: ``cache`` holds ``held``, ``rest`` is to feed."""
-        (seq.uid,) = self._generator.insert(
-            [rest],
-            max_tokens=[seq.max_new_tokens - seq.generated],
-            caches=[cache],
-            all_tokens=[held],
-            samplers=[seq.sampler],
-            logits_processors=[seq.processors],
-            stop_sequences=[self._no_stop if seq.ignores_eos else self._eos_stop],
-        )
-        self._by_uid[seq.uid] = seq
 
     def _join_batch(self) -> None:
         """A second sequence is coming: the Solo goes on inside the batch from where it is."""
@@ -383,7 +281,7 @@ class Engine:
         if token is not None and self._solo_token(solo, token):
             return  # that token was its last
         self._solo = None
-        self._batch_insert(solo.seq, rest, solo.cache, list(solo.tokens))
+        self._batch.insert(solo.seq, rest, solo.cache, list(solo.tokens))
 
     def _advance_solo(self) -> None:
         solo = self._solo
@@ -402,7 +300,9 @@ class Engine:
         """Hand a Solo's token to its output; True when that ended the sequence."""
         seq = solo.seq
         try:
-            reason = self._on_token(seq, token.token, token.logprobs, token.eos, token.at_length)
+            reason = self._out.token(
+                seq, token.token, token.logprobs, eos=token.eos, at_length=token.at_length
+            )
         except Exception as error:
             log.exception("token_handling_failed", request_id=seq.request_id)
             self._end_solo()
@@ -418,7 +318,7 @@ class Engine:
         """The Solo's sequence is done: keep its KV cache for later prompts."""
         solo, self._solo = self._solo, None
         if solo is not None:
-            self._store_cache(solo.tokens, solo.cache)
+            self._prompt_cache.keep(solo.tokens, solo.cache)
 
     def _prepare(self, request: GenerationRequest) -> Sequence:
         """Everything about a request that can fail because of the request; raises ValueError."""
@@ -429,20 +329,15 @@ class Engine:
     def _advance(self) -> None:
         """Run one BatchGenerator step and turn its responses into events."""
         try:
-            prompt_responses, responses = self._generator.next()
+            progress, responses = self._batch.step()
         except Exception as error:
-            log.exception("batch_step_failed", batch=len(self._by_uid))
+            log.exception("batch_step_failed", batch=len(self._batch))
             self._fail_batch(error)
             return
-        self._count(
-            progress=len(prompt_responses) + len(responses), tokens_generated=len(responses)
-        )
-        for response in responses:
-            seq = self._by_uid.get(response.uid)
-            if seq is None:
-                continue
+        self._count(progress=progress, tokens_generated=len(responses))
+        for seq, response in responses:
             try:
-                reason = self._on_token(
+                reason = self._out.token(
                     seq,
                     response.token,
                     response.logprobs,
@@ -460,75 +355,20 @@ class Engine:
             if response.finish_reason is None:
                 self._retiring.append(seq.uid)  # a stop string: the batch still holds it
             else:
-                self._store_cache(response.all_tokens, response.prompt_cache)
+                self._prompt_cache.keep(response.all_tokens, response.prompt_cache)
             self._finish(seq, reason)
-
-    def _on_token(
-        self, seq: Sequence, token: int, logprobs: Any, eos: bool, at_length: bool
-    ) -> str | None:
-        """Add one token to the sequence's output; the finish reason if it ends there."""
-        seq.generated += 1
-        if eos:
-            seq.output.finish()
-            return "stop"
-        logprob = None
-        if seq.wants_logprobs:
-            logprob = token_logprob(logprobs, token, seq.request.top_logprobs, self._decode)
-        if seq.output.add(token, logprob):
-            return "stop"
-        if at_length:
-            return "stop" if seq.output.finish() else "length"
-        return None
-
-    def _decode(self, token: int) -> str:
-        return self._tokenizer.decode([token])
-
-    def _store_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
-        if tokens and cache:
-            self._prompt_cache.insert_cache(self._model_name, list(tokens), cache)
-
-    def _flush_due(self) -> None:
-        now = time.monotonic()
-        for seq in self._active.values():
-            if seq.output.pending and now - seq.last_emit >= self._coalesce_s:
-                self._flush(seq, now)
-
-    def _flush(self, seq: Sequence, now: float) -> None:
-        if not seq.output.pending:
-            return
-        text, token_ids, logprobs, calls = seq.output.take()
-        self._emit(
-            TokenDelta(
-                request_id=seq.request_id,
-                text=text,
-                token_ids=token_ids,
-                logprobs=logprobs if seq.wants_logprobs else None,
-                tool_calls=calls or None,
-            )
-        )
-        seq.last_emit = now
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self._forget(seq)
-        seq.output.close()
-        if seq.constraint is not None and seq.constraint.error is not None:
-            # The mask forced an early EOS: the output does not follow the grammar.
-            message = f"constrained decoding failed: {seq.constraint.error}"
-            self._emit(_failed(seq.request_id, message, 500))
-            return
-        self._flush(seq, time.monotonic())
-        calls = seq.output.tool_calls
-        if calls and reason == "stop":
-            reason = "tool_calls"
-        self._emit(Finished(seq.request_id, reason, seq.usage(), tool_calls=calls or None))
+        self._out.finished(seq, reason)
 
     def _fail(self, seq: Sequence, message: str, status: int, retryable: bool = False) -> None:
         self._forget(seq)
-        self._emit(_failed(seq.request_id, message, status, retryable))
+        self._out.failed(seq.request_id, message, status, retryable)
 
     def _forget(self, seq: Sequence) -> None:
         self._active.pop(seq.request_id, None)
-        self._by_uid.pop(seq.uid, None)
+        self._batch.forget(seq)
         self._count(requests_done=1)
 
     def _fail_batch(self, error: Exception) -> None:
@@ -541,19 +381,16 @@ class Engine:
             self._fail(seq, f"generation step failed: {error!r}", 500, retryable=True)
         self._retiring = []
         self._solo = None
-        self._generator.close()
-        self._generator = self._new_generator()
+        self._batch.reset()
 
     def _shut_down(self) -> None:
         self._fail_all("engine stopped")
-        if self._generator is not None:
-            self._generator.close()
+        self._batch.close()
         # MLX keeps per-thread streams and compile caches whose teardown at thread exit
         # races interpreter shutdown and aborts the process ("terminate called without an
         # active exception"); a worker thread must drop its arrays and clear its streams.
-        self._generator = None
         self._solo = None
-        self._prompt_cache = LRUPromptCache(max_size=0)
+        self._prompt_cache.clear()
         self._retiring = []
         gc.collect()
         if hasattr(mx, "clear_streams"):  # mlx >= 0.32
@@ -561,27 +398,13 @@ class Engine:
 
     def _fail_all(self, message: str) -> None:
         """End every running and queued request as retryable elsewhere; refuse new ones."""
-        with self._lock:
-            self._closed = True
-            queued, self._incoming = list(self._incoming), deque()
+        queued = self._inbox.close()
         for seq in list(self._active.values()):
             self._fail(seq, message, 503, retryable=True)
         for request in queued:
-            self._emit(_failed(request.request_id, message, 503, retryable=True))
+            self._out.failed(request.request_id, message, 503, retryable=True)
 
     def _count(self, **increments: int) -> None:
         with self._lock:
             for name, n in increments.items():
                 self._counters[name] += n
-
-    def _emit(self, event: GenerationEvent) -> None:
-        try:
-            self._emit_fn(event)
-        except Exception:
-            log.exception("emit_failed", request_id=event.request_id)
-
-
-def _failed(
-    request_id: str, message: str, status: int, retryable: bool = False
-) -> GenerationFailed:
-    return GenerationFailed(request_id, message, retryable=retryable, status=status)

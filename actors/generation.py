@@ -63,6 +63,7 @@ class GenerationActor:
             # Rank 0 alone speaks for a group: the other ranks' events are the same ones.
             emit=runtime.send if lockstep is None or lockstep.leader else _discard,
             max_batch=cfg.max_batch,
+            coalesce_ms=cfg.stream_interval_ms,
             context_length=context_length,
             grammar=load_grammar(model, tokenizer),
             lockstep=lockstep,

@@ -166,6 +166,7 @@ class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     group: str = ""
     model: str = ""
     max_batch: int = 32
+    stream_interval_ms: float = 20.0
     parallel: str = "tensor"
     options: dict[str, str] = {}
 

@@ -231,6 +231,7 @@ class Cluster:
                     group=group.name,
                     model=model,
                     max_batch=self.spec.max_batch,
+                    stream_interval_ms=self.spec.stream_interval_ms,
                     parallel=group.parallel,
                     options=options,
                 ),

@@ -137,6 +137,7 @@ class ClusterFile(_Written):
     control: ControlSpec = ControlSpec()
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 256
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 32
+    stream_interval_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 20.0
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
@@ -184,6 +185,7 @@ class ClusterSpec(_Spec):
     control: ControlSpec = ControlSpec()
     queue_limit: int = 256
     max_batch: int = 32
+    stream_interval_ms: float = 20.0
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
@@ -274,6 +276,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         control=doc.control,
         queue_limit=doc.queue_limit,
         max_batch=doc.max_batch,
+        stream_interval_ms=doc.stream_interval_ms,
         restart=_check_restart(doc.restart),
         router=doc.router,
         api_key=doc.api_key,

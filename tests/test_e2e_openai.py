@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import openai
@@ -216,3 +217,28 @@ def test_status_shows_actors_and_groups(sup):
     assert "queue_depth" in status
     code, health = http_json(sup.url + "/health")
     assert code == 200 and health["status"] == "ok"
+
+
+def test_stream_interval_from_the_hostfile_reaches_the_engine(start_supervisor):
+    # At 1 s, tokens after the first come at most once a second: a stream of 40 tokens
+    # (well under a second on the tiny model) arrives in a few chunks, not 40.
+    from tests.conftest import demo_hostfile
+
+    sup = start_supervisor(demo_hostfile(stream_interval_ms=1000))
+    sup.wait_healthy()
+    client = openai.OpenAI(base_url=sup.url + "/v1", api_key="unused", max_retries=0)
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count the boats"}],
+        max_tokens=40,
+        temperature=0,
+        logprobs=True,
+        extra_body={"ignore_eos": True},
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].logprobs]
+    seconds = time.monotonic() - started
+    tokens = sum(len(c.choices[0].logprobs.content) for c in chunks)
+    assert tokens == 40
+    assert len(chunks) <= 2 + seconds  # the first token, one chunk per second, the end

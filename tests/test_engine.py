@@ -158,6 +158,16 @@ def test_greedy_output_matches_stream_generate(demo, make_engine):
     assert Vitals(**engine.vitals()).requests_done == 2
 
 
+def test_tokens_are_gathered_for_the_stream_interval(make_engine, no_eos):
+    # The first token goes at once (time to first token); later ones wait for the interval,
+    # which a 10-minute one never reaches here: everything else comes with the end.
+    sampling = SamplingParams(temperature=0.0, logit_bias=no_eos)
+    engine, events = make_engine(coalesce_ms=600_000.0)
+    engine.submit(request("gathered", prompt="Uma sails", max_tokens=30, sampling=sampling))
+    assert events.end("gathered").usage.completion_tokens == 30
+    assert [len(d.token_ids) for d in events.deltas("gathered")] == [1, 29]
+
+
 def test_concurrent_requests_share_the_batch(demo, make_engine):
     engine, events = make_engine(start=False)
     prompts = [f"Request {i}: the {w} of Oslo" * (1 + i % 3) for i, w in enumerate("abcdefgh")]

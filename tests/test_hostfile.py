@@ -83,6 +83,7 @@ def test_bare_host_list_is_one_tensor_parallel_group_with_defaults():
     )
     assert spec.api == ApiSpec() and spec.control == ControlSpec(host=None, port=0)
     assert (spec.queue_limit, spec.max_batch, spec.log_format) == (256, 32, "json")
+    assert spec.stream_interval_ms == 20.0
     assert spec.restart == RestartSpec(
         intensity=5,
         period=60,
@@ -105,6 +106,7 @@ def test_cluster_keys_are_read():
             "control": {"host": "10.0.0.9", "port": 7000},
             "queue_limit": 8,
             "max_batch": 4,
+            "stream_interval_ms": 0,
             "api_key": "k",
             "log_format": "console",
             "restart": {"intensity": 2, "period": 5, "heartbeat_timeout": 1.5},
@@ -125,6 +127,7 @@ def test_cluster_keys_are_read():
         1.5,
     )
     assert spec.router == RouterSpec(policy="sticky", session_ttl=30)
+    assert spec.stream_interval_ms == 0.0
 
 
 def test_specs_are_frozen():
@@ -208,6 +211,10 @@ def test_is_local(ssh, local):
         ([{"ssh": "a"}, {"ips": []}], 'hostfile.json: $[1]: missing required key "ssh"'),
         ({"hosts": [{}]}, 'hostfile.json: $.hosts[0]: missing required key "ssh"'),
         ({"hosts": [MAC1], "queue_limit": 0}, "hostfile.json: $.queue_limit: Expected int >= 1"),
+        (
+            {"hosts": [MAC1], "stream_interval_ms": 5000},
+            "hostfile.json: $.stream_interval_ms: Expected float <= 1000.0",
+        ),
         (
             {"hosts": [MAC1], "groups": [{"hosts": [1.5]}]},
             "hostfile.json: $.groups[0].hosts[0]: Expected int | str | object, got float",
