@@ -2,6 +2,10 @@
 
 Whatever way a response ends (done, failed, client gone), every GenerationStream is
 ``aclose()``d exactly here, so cancellation always reaches the actor.
+
+A streamed response's headers wait for the first event: a request that fails before
+its first token (a prompt longer than the context, every replica gone) then gets its
+HTTP status like a non-streamed one, not a 200 carrying an error event.
 """
 
 from __future__ import annotations
@@ -105,11 +109,63 @@ async def merged_events(
         await close_streams(streams)
 
 
+async def started_events(
+    request: Request, streams: Sequence[GenerationStream], request_ids: Sequence[str]
+) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """The merged events of a stream about to be answered, once its first event is in.
+
+    Raises the ``ServiceError`` to answer with when that first event is a failure, and
+    ``ClientGone`` when the client hangs up first; either way every stream is closed.
+    """
+    events = merged_events(streams, request_ids)
+    waiting = asyncio.create_task(_first(events))
+    watching = asyncio.create_task(_until_disconnected(request))
+    try:
+        await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not waiting.done():
+            waiting.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(waiting, watching, return_exceptions=True)
+    if waiting.cancelled() or waiting.exception() is not None:
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
+        if waiting.cancelled():
+            raise ClientGone(request_ids[0])
+        raise waiting.exception()
+    first = waiting.result()
+    if isinstance(first[1], GenerationFailed):
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
+        raise failure_error(first[1])
+    return _after(first, events)
+
+
+async def _first(
+    events: AsyncIterator[tuple[int, GenerationEvent]],
+) -> tuple[int, GenerationEvent]:
+    return await anext(events)
+
+
+async def _after(
+    first: tuple[int, GenerationEvent], events: AsyncIterator[tuple[int, GenerationEvent]]
+) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    try:
+        yield first
+        async for item in events:
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
+
+
 async def sse_frames(
-    streams: Sequence[GenerationStream], request_ids: Sequence[str], assembler: StreamAssembler
+    events: AsyncIterator[tuple[int, GenerationEvent]],
+    request_ids: Sequence[str],
+    assembler: StreamAssembler,
 ) -> AsyncIterator[bytes]:
     """The body of a streamed response; closing it (or cancelling it) closes every stream."""
-    events = merged_events(streams, request_ids)
     try:
         for frame in assembler.opening():
             yield frame

@@ -21,7 +21,7 @@ from litestar.types import Guard
 
 from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta
 from api.errors import handle_exception
-from api.generation import ClientGone, collect_choices, merged_events, served_by, submit_all
+from api.generation import ClientGone, collect_choices, served_by, started_events, submit_all
 from api.ollama import (
     OLLAMA_VERSION,
     chat_to_generation,
@@ -209,7 +209,14 @@ async def _generate(
     )
     if body.stream is not False:
         reply = StreamedReply(chat, body.model, timings, top)
-        lines = ndjson_lines(stream, request_id, reply)
+        try:
+            events = await started_events(request, [stream], [request_id])
+        except ClientGone:
+            log.info("api.client_gone", request_id=request_id)
+            return Response(b"", status_code=499, headers=headers)
+        except ServiceError as exc:
+            return _error(request, exc, headers)
+        lines = ndjson_lines(events, request_id, reply)
         return Stream(
             lines,
             media_type=NDJSON,
@@ -251,10 +258,9 @@ class TimedStream:
 
 
 async def ndjson_lines(
-    stream: GenerationStream, request_id: str, reply: StreamedReply
+    events: AsyncIterator[tuple[int, GenerationEvent]], request_id: str, reply: StreamedReply
 ) -> AsyncIterator[bytes]:
     """The body of a streamed reply; closing it (or cancelling it) closes the stream."""
-    events = merged_events([stream], [request_id])
     try:
         async for _index, event in events:
             for line in reply.on_event(event):

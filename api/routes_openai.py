@@ -17,7 +17,14 @@ from litestar.types import Guard
 
 from actors.protocol import GenerationRequest
 from api.errors import handle_exception
-from api.generation import ClientGone, collect_choices, served_by, sse_frames, submit_all
+from api.generation import (
+    ClientGone,
+    collect_choices,
+    served_by,
+    sse_frames,
+    started_events,
+    submit_all,
+)
 from api.openai import (
     chat_response,
     chat_to_generation,
@@ -188,7 +195,14 @@ async def _generate(
             top_logprobs=top_logprobs,
             include_usage=include_usage,
         )
-        frames = sse_frames(streams, request_ids, assembler)
+        try:
+            events = await started_events(request, streams, request_ids)
+        except ClientGone:
+            log.info("api.client_gone", request_id=response_id)
+            return Response(b"", status_code=499, headers=headers)
+        except ServiceError as exc:
+            return _error(request, exc, headers)
+        frames = sse_frames(events, request_ids, assembler)
         # The frames' finally closes the streams; this covers a body abandoned at a yield.
         return Stream(
             frames,

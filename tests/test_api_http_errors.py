@@ -151,6 +151,43 @@ async def test_failure_mid_stream_is_an_error_event():
     assert streamed.text.rstrip().endswith("data: [DONE]")
 
 
+def too_long(req: GenerationRequest) -> list[GenerationEvent]:
+    message = "prompt is 9000 tokens but the model's context is 4096; shorten the prompt"
+    return [GenerationFailed(req.request_id, message, status=400)]
+
+
+async def test_streamed_request_failing_before_its_first_token_gets_its_http_status():
+    service = ScriptedService(too_long)
+    async with clients(service) as (client, raw):
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(model="m", messages=USER, stream=True)
+        streamed = await raw.post(
+            "/v1/completions", json={"model": "m", "prompt": "hi", "stream": True, "n": 2}
+        )
+    assert info.value.status_code == 400 and "shorten the prompt" in info.value.body["message"]
+    assert streamed.status_code == 400
+    assert streamed.headers["content-type"].startswith("application/json")
+    assert "shorten the prompt" in streamed.json()["error"]["message"]
+    assert all(s.closed.is_set() for s in service.streams)
+
+
+async def test_client_disconnect_before_the_first_streamed_token_closes_the_generation():
+    service = ScriptedService(lambda r: [], hang=True)
+    async with serving(service) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps({"model": "m", "messages": USER, "stream": True}).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await asyncio.wait_for(service.submitted_event.wait(), DEADLINE)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(service.streams[0].closed.wait(), DEADLINE)
+
+
 async def test_failure_before_answer_is_an_http_error():
     async with clients(ScriptedService(fails_midway)) as (client, _):
         with pytest.raises(openai.InternalServerError) as info:

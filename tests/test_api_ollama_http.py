@@ -175,6 +175,20 @@ async def test_failure_mid_stream_is_an_error_line():
     assert all(s.closed.is_set() for s in service.streams)
 
 
+async def test_streamed_request_failing_before_its_first_token_gets_its_http_status():
+    def too_long(req):
+        return [GenerationFailed(req.request_id, "prompt is 9000 tokens; shorten it", status=400)]
+
+    service = ScriptedService(too_long)
+    async with serving(service) as url:
+        client = ollama.AsyncClient(host=url)
+        with pytest.raises(ollama.ResponseError) as info:
+            async for _ in await client.generate("demo:tiny", "hi", stream=True):
+                pass
+    assert info.value.status_code == 400 and info.value.error == "prompt is 9000 tokens; shorten it"
+    assert all(s.closed.is_set() for s in service.streams)
+
+
 async def test_models_version_and_root():
     async with serving(ScriptedService()) as url, httpx.AsyncClient(base_url=url) as raw:
         client = ollama.AsyncClient(host=url)

@@ -100,6 +100,13 @@ def test_unknown_model_and_images_are_refused(client):
     assert info.value.status_code == 400 and info.value.error.startswith("images: ")
 
 
+def test_a_prompt_longer_than_the_context_is_400_streamed_too(client):
+    with pytest.raises(ollama.ResponseError) as info:
+        for _ in client.generate(MODEL, "river " * 5000, stream=True):
+            pass
+    assert info.value.status_code == 400 and "the model's context is 4096" in info.value.error
+
+
 def test_format_json_gives_a_json_object(client):
     reply = client.chat(
         model=MODEL,

@@ -190,6 +190,14 @@ def test_bad_bodies_are_400_naming_the_field(sup, body, field):
     assert error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_longer_than_the_context_is_400_streamed_or_not(client, stream):
+    with pytest.raises(openai.BadRequestError) as info:
+        greedy_chat(client, "river " * 5000, max_tokens=4, stream=stream)
+    message = info.value.body["message"]
+    assert "the model's context is 4096" in message and "\n" not in message
+
+
 def test_invalid_json_is_400(sup):
     request = urllib.request.Request(
         sup.url + "/v1/chat/completions",
