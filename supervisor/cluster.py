@@ -12,6 +12,7 @@ import structlog
 from actors.fake_engine import parse_fake_spec, served_model
 from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
+from supervisor.events import GroupDeclared, GroupRemoved, NodeDeclared, NodeRemoved, NodeStatus
 from supervisor.handle import ActorHandle
 from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local, port_count
 from supervisor.ranks import (
@@ -24,14 +25,7 @@ from supervisor.ranks import (
 from supervisor.router import Hardware, combine_hardware
 from supervisor.serving import ClusterService
 from supervisor.spawner import LocalSpawner, Spawner, openblas_path
-from supervisor.state import (
-    ClusterState,
-    GroupDeclared,
-    GroupRemoved,
-    NodeDeclared,
-    NodeRemoved,
-    NodeStatus,
-)
+from supervisor.state import ClusterState
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 
 log = structlog.get_logger()

@@ -25,8 +25,9 @@ from actors.protocol import (
     TokenDelta,
     Usage,
 )
+from supervisor.events import RequestEnded, RequestMoved, RequestStarted
 from supervisor.service import ServiceError
-from supervisor.state import ClusterState, RequestEnded, RequestMoved, RequestStarted
+from supervisor.state import ClusterState
 
 if TYPE_CHECKING:
     from supervisor.serving import ServedGroup

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection
 from typing import Protocol
 
 from actors.protocol import GenerationRequest
+from supervisor.events import RouteDecided, RouterDeclared
 from supervisor.handle import ActorHandle
 from supervisor.hostfile import RouterSpec
 from supervisor.routed_stream import RoutedStream
@@ -37,7 +38,7 @@ from supervisor.service import (
     QueueFull,
     Unavailable,
 )
-from supervisor.state import ClusterState, RouteDecided, RouterDeclared
+from supervisor.state import ClusterState
 
 FAILED_RETRY_AFTER = 30.0
 RESTART_RETRY_AFTER = 5.0

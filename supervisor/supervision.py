@@ -18,10 +18,7 @@ import structlog
 
 from actors.protocol import ActorConfig, ActorError, Heartbeat, LoadProgress, Ready, Shutdown
 from supervisor.control import ControlServer
-from supervisor.handle import ActorHandle
-from supervisor.policy import GiveUp, Leave, RestartHistory, decide
-from supervisor.spawner import ActorLaunch, ActorProcess, Spawner
-from supervisor.state import (
+from supervisor.events import (
     ActorHeartbeat,
     ActorLoading,
     ActorReady,
@@ -29,9 +26,12 @@ from supervisor.state import (
     ActorSpawned,
     ActorStarting,
     ActorStopped,
-    ClusterState,
     GroupState,
 )
+from supervisor.handle import ActorHandle
+from supervisor.policy import GiveUp, Leave, RestartHistory, decide
+from supervisor.spawner import ActorLaunch, ActorProcess, Spawner
+from supervisor.state import ClusterState
 
 log = structlog.get_logger()
 

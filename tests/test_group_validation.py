@@ -14,10 +14,11 @@ from actors.models import resolve_model
 from actors.protocol import ActorConfig
 from actors.sharding import ModelShape, model_facts, sharding_problem
 from supervisor.control import ControlServer
+from supervisor.events import GroupDeclared
 from supervisor.group_validation import GroupConfigError, validate_groups
 from supervisor.hostfile import RestartSpec, parse_hostfile
 from supervisor.spawner import LocalSpawner
-from supervisor.state import ClusterState, GroupDeclared
+from supervisor.state import ClusterState
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 
 QWEN_7B = ModelShape("qwen2", True, True, layers=28, attention_heads=28, kv_heads=4,

@@ -17,6 +17,7 @@ import structlog
 
 from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
+from supervisor.events import GroupDeclared
 from supervisor.hostfile import HostSpec, RestartSpec
 from supervisor.spawner import ActorLaunch, openblas_path
 from supervisor.ssh import (
@@ -26,7 +27,7 @@ from supervisor.ssh import (
     SSHSpawner,
     close_connections,
 )
-from supervisor.state import ClusterState, GroupDeclared
+from supervisor.state import ClusterState
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 from tests.conftest import until
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401

@@ -13,9 +13,10 @@ import psutil
 from actors.protocol import ActorConfig, Hello, Refused
 from actors.transport import read_message, write_message
 from supervisor.control import ControlServer
+from supervisor.events import GroupDeclared
 from supervisor.hostfile import RestartSpec
 from supervisor.spawner import ActorLaunch, LocalSpawner, actor_environment
-from supervisor.state import ClusterState, GroupDeclared
+from supervisor.state import ClusterState
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 from tests.conftest import until
 
