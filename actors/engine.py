@@ -9,9 +9,9 @@ requests join and which sequences leave the batch (the one decision a distribute
 group must share, ``Lockstep.agree``), ``_apply()`` carries it out, then the batch
 (``actors.batch``) advances one token and the ``Outbox`` sends what is due.
 
-A request alone in a single-rank engine runs as a ``Solo`` (``actors.solo``), which
-decodes like ``generate_step`` without the batch's bookkeeping, and joins the batch
-when a second request arrives.
+A request alone in the engine runs as a ``Solo`` (``actors.solo``), which decodes like
+``generate_step`` without the batch's bookkeeping, and joins the batch when a second
+request arrives. Ranks of a group make that choice from the same plans, so they agree.
 """
 
 from __future__ import annotations
@@ -182,12 +182,7 @@ class Engine:
 
     def _alone(self, plan: StepPlan) -> bool:
         """Whether the plan's one admission will be the only sequence: it may run as a Solo."""
-        return (
-            self._lockstep is None  # ranks of a group keep to the one batched path
-            and len(plan.admit) == 1
-            and not self._batch
-            and self._solo is None
-        )
+        return len(plan.admit) == 1 and not self._batch and self._solo is None
 
     def _step(self) -> None:
         """One turn: agree on batch changes, apply them, advance the batch one token."""
