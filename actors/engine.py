@@ -136,7 +136,7 @@ class Engine:
                 **self._counters,
                 "active_requests": len(self._active),
                 "queued_requests": len(self._inbox),
-                "batch_size": len(self._batch) + (self._solo is not None),
+                "batch_size": self._decoding(),
             }
 
     # ------------------------------------------------------------------ engine thread
@@ -177,6 +177,10 @@ class Engine:
             return True
         return not self._stopping.is_set()
 
+    def _decoding(self) -> int:
+        """Sequences decoding: the batch's, or the Solo."""
+        return len(self._batch) + (self._solo is not None)
+
     def _has_work(self) -> bool:
         return bool(self._active or self._retiring or self._inbox.pending())
 
@@ -201,8 +205,7 @@ class Engine:
 
     def _schedule(self) -> StepPlan:
         """Decide which requests join and which sequences leave the batch this step."""
-        running = len(self._batch) + (self._solo is not None)
-        plan = self._inbox.take(self._max_batch - running, self._active)
+        plan = self._inbox.take(self._max_batch - self._decoding(), self._active)
         plan.retire, self._retiring = self._retiring, []
         return plan
 
@@ -211,10 +214,10 @@ class Engine:
             self._out.emit(Finished(request.request_id, "cancelled", Usage(0, 0)))
             self._count(requests_done=1)
         cancelled = [self._active[rid] for rid in plan.cancel]
-        solo = self._solo
-        if solo is not None and solo.seq in cancelled:
+        alone = self._solo.seq if self._solo is not None else None
+        if alone in cancelled:
             self._end_solo()
-        self._remove([seq.uid for seq in cancelled if seq is not solo] + plan.retire)
+        self._remove([seq.uid for seq in cancelled if seq is not alone] + plan.retire)
         for seq in cancelled:
             self._finish(seq, "cancelled")
         alone = self._alone(plan)
@@ -266,8 +269,8 @@ class Engine:
         with self._lock:
             self._counters["prompt_tokens"] += len(rest)
             self._counters["cache_hits"] += seq.cached_tokens > 0
-            size = len(self._batch) + (self._solo is not None)
-            self._counters["peak_batch_size"] = max(self._counters["peak_batch_size"], size)
+            peak = max(self._counters["peak_batch_size"], self._decoding())
+            self._counters["peak_batch_size"] = peak
 
     def _join_batch(self) -> None:
         """A second sequence is coming: the Solo goes on inside the batch from where it is."""
@@ -281,11 +284,10 @@ class Engine:
     def _advance_solo(self) -> None:
         solo = self._solo
         try:
-            fed, token = solo.step()
+            token = solo.step()
         except Exception as error:
             log.exception("solo_step_failed", request_id=solo.seq.request_id)
-            self._solo = None
-            self._fail(solo.seq, f"generation step failed: {error!r}", 500, retryable=True)
+            self._fail_batch(error)  # as for a batch step: a group's ranks must fail together
             return
         self._count(progress=1, tokens_generated=token is not None)
         if token is not None:
@@ -367,7 +369,7 @@ class Engine:
         self._count(requests_done=1)
 
     def _fail_batch(self, error: Exception) -> None:
-        """Fail every running request and start over with a fresh BatchGenerator."""
+        """A failed step: fail every running request and start over with a fresh batch."""
         if self._lockstep is not None:
             # Ranks step together: one rank's failed step leaves the group out of step.
             raise GroupFailure(f"generation step failed: {error!r}") from error

@@ -63,8 +63,8 @@ class Solo:
         self._context = TokenBuffer(self.tokens) if seq.processors else None
         self._next: tuple[mx.array, mx.array] | None = None  # sampled, not yet read back
 
-    def step(self) -> tuple[int, SoloToken | None]:
-        """Feed one chunk of prompt or decode one token: (prompt tokens fed, the token)."""
+    def step(self) -> SoloToken | None:
+        """Feed one chunk of prompt (None), or decode one token."""
         with mx.stream(self._stream):
             if len(self._rest) > 1:
                 chunk = self._rest[: min(self._prefill_step_size, len(self._rest) - 1)]
@@ -76,14 +76,12 @@ class Solo:
                 mx.eval([c.state for c in self.cache])
                 self.tokens.extend(chunk)
                 mx.clear_cache()
-                return len(chunk), None
-            fed = 0
+                return None
             if self._next is None:  # the last prompt token: sample the first new one
                 last, self._rest = self._rest, []
                 self._next = self._forward(mx.array(last))
                 self.tokens.extend(last)
-                fed = 1
-            return fed, self._decode()
+            return self._decode()
 
     def hand_over(self) -> tuple[SoloToken | None, list[int]]:
         """Stop here for the batch: (the sampled token not yet read back, what is left to feed).
@@ -95,26 +93,31 @@ class Solo:
             return None, self._rest
         y, logprobs = self._next
         self._next = None
-        token = self._read(y, logprobs, launch_next=False)
+        token = self._read(y, logprobs, fed=False)
         return token, [token.token]
 
     def _decode(self) -> SoloToken:
         y, logprobs = self._next
         self._next = None
-        at_length = self.seq.generated + 1 >= self.seq.max_new_tokens
-        if not at_length:
+        last = self._last_allowed
+        if not last:
             self._next = self._forward(y)  # queued before this token is read back
-        token = self._read(y, logprobs, launch_next=not at_length)
+        token = self._read(y, logprobs, fed=not last)
         if self.seq.generated % CLEAR_CACHE_EVERY == 0:
             mx.clear_cache()
         return token
 
-    def _read(self, y: mx.array, logprobs: mx.array, *, launch_next: bool) -> SoloToken:
+    @property
+    def _last_allowed(self) -> bool:
+        """Whether the token read back next is the sequence's last allowed one."""
+        return self.seq.generated + 1 >= self.seq.max_new_tokens
+
+    def _read(self, y: mx.array, logprobs: mx.array, *, fed: bool) -> SoloToken:
+        """``fed``: a forward pass that feeds this token is already queued."""
         token = y.item()
-        if launch_next:
-            self.tokens.append(token)  # fed by the forward pass just queued
-        at_length = self.seq.generated + 1 >= self.seq.max_new_tokens
-        return SoloToken(token, logprobs, token in self._stop_ids, at_length)
+        if fed:
+            self.tokens.append(token)
+        return SoloToken(token, logprobs, token in self._stop_ids, self._last_allowed)
 
     def _forward(self, inputs: mx.array) -> tuple[mx.array, mx.array]:
         """Feed ``inputs`` (1-D), sample the next token; both queued, not evaluated."""
