@@ -11,7 +11,8 @@ HTTP status like a non-streamed one, not a 200 carrying an error event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -30,6 +31,8 @@ from api.openai_stream import DONE, StreamAssembler, sse
 from supervisor.service import GenerationService, GenerationStream
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
@@ -118,27 +121,14 @@ async def started_events(
     ``ClientGone`` when the client hangs up first; either way every stream is closed.
     """
     events = merged_events(streams, request_ids)
-    waiting = asyncio.create_task(_first(events))
-    watching = asyncio.create_task(_until_disconnected(request))
     try:
-        await asyncio.wait({waiting, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        if not waiting.done():
-            waiting.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(waiting, watching, return_exceptions=True)
-    if waiting.cancelled() or waiting.exception() is not None:
+        first = await _unless_disconnected(request, _first(events), request_ids[0])
+        if isinstance(first[1], GenerationFailed):
+            raise failure_error(first[1])
+    except BaseException:
         with anyio.CancelScope(shield=True):
             await events.aclose()
-        if waiting.cancelled():
-            raise ClientGone(request_ids[0])
-        raise waiting.exception()
-    first = waiting.result()
-    if isinstance(first[1], GenerationFailed):
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-        raise failure_error(first[1])
+        raise
     return _after(first, events)
 
 
@@ -191,19 +181,26 @@ async def collect_choices(
     request: Request, streams: Sequence[GenerationStream], request_ids: Sequence[str]
 ) -> list[ChoiceResult]:
     """Gather every choice concurrently; stop early (and cancel) if the client hangs up."""
-    collecting = asyncio.create_task(_collect(streams, request_ids))
+    return await _unless_disconnected(request, _collect(streams, request_ids), request_ids[0])
+
+
+async def _unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, T], request_id: str
+) -> T:
+    """``work``'s result, or ``ClientGone`` (``work`` cancelled) if the client hangs up first."""
+    working = asyncio.create_task(work)
     watching = asyncio.create_task(_until_disconnected(request))
     try:
-        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({working, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
-        if not collecting.done():
-            collecting.cancel()
+        if not working.done():
+            working.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.gather(collecting, watching, return_exceptions=True)
-    if collecting.cancelled():
-        raise ClientGone(request_ids[0])
-    return collecting.result()
+            await asyncio.gather(working, watching, return_exceptions=True)
+    if working.cancelled():
+        raise ClientGone(request_id)
+    return working.result()
 
 
 async def _collect(

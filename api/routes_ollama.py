@@ -199,37 +199,33 @@ async def _generate(
     timings.admitted = time.monotonic_ns()
     stream = TimedStream(streams[0], timings)
     headers = {"x-request-id": request_id, "x-served-by": served_by(streams)}
+    streamed = body.stream is not False
     log.debug(
         "api.generation_started",
         request_id=request_id,
         model=model.id,
         dialect="ollama",
-        stream=body.stream is not False,
+        stream=streamed,
         served_by=headers["x-served-by"],
     )
-    if body.stream is not False:
-        reply = StreamedReply(chat, body.model, timings, top)
-        try:
+    try:
+        if streamed:
             events = await started_events(request, [stream], [request_id])
-        except ClientGone:
-            log.info("api.client_gone", request_id=request_id)
-            return Response(b"", status_code=499, headers=headers)
-        except ServiceError as exc:
-            return _error(request, exc, headers)
-        lines = ndjson_lines(events, request_id, reply)
+        else:
+            [result] = await collect_choices(request, [stream], [request_id])
+    except ClientGone:
+        log.info("api.client_gone", request_id=request_id)
+        return Response(b"", status_code=499, headers=headers)
+    except ServiceError as exc:
+        return _error(request, exc, headers)
+    if streamed:
+        lines = ndjson_lines(events, request_id, StreamedReply(chat, body.model, timings, top))
         return Stream(
             lines,
             media_type=NDJSON,
             headers={**headers, **NDJSON_HEADERS},
             background=BackgroundTask(lines.aclose),
         )
-    try:
-        [result] = await collect_choices(request, [stream], [request_id])
-    except ClientGone:
-        log.info("api.client_gone", request_id=request_id)
-        return Response(b"", status_code=499, headers=headers)
-    except ServiceError as exc:
-        return _error(request, exc, headers)
     reply = full_reply(chat, body.model, result, timings, top, time.time())
     return Response(reply, headers=headers)
 

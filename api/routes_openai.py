@@ -185,6 +185,16 @@ async def _generate(
         stream=stream,
         served_by=headers["x-served-by"],
     )
+    try:
+        if stream:
+            events = await started_events(request, streams, request_ids)
+        else:
+            results = await collect_choices(request, streams, request_ids)
+    except ClientGone:
+        log.info("api.client_gone", request_id=response_id)
+        return Response(b"", status_code=499, headers=headers)
+    except ServiceError as exc:
+        return _error(request, exc, headers)
     if stream:
         kind = ChatStreamAssembler if chat else CompletionStreamAssembler
         assembler = kind(
@@ -195,13 +205,6 @@ async def _generate(
             top_logprobs=top_logprobs,
             include_usage=include_usage,
         )
-        try:
-            events = await started_events(request, streams, request_ids)
-        except ClientGone:
-            log.info("api.client_gone", request_id=response_id)
-            return Response(b"", status_code=499, headers=headers)
-        except ServiceError as exc:
-            return _error(request, exc, headers)
         frames = sse_frames(events, request_ids, assembler)
         # The frames' finally closes the streams; this covers a body abandoned at a yield.
         return Stream(
@@ -210,13 +213,6 @@ async def _generate(
             headers={**headers, **SSE_HEADERS},
             background=BackgroundTask(frames.aclose),
         )
-    try:
-        results = await collect_choices(request, streams, request_ids)
-    except ClientGone:
-        log.info("api.client_gone", request_id=response_id)
-        return Response(b"", status_code=499, headers=headers)
-    except ServiceError as exc:
-        return _error(request, exc, headers)
     build = chat_response if chat else completion_response
     return Response(build(response_id, model, created, results, top_logprobs), headers=headers)
 
