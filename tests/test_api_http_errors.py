@@ -171,21 +171,29 @@ async def test_streamed_request_failing_before_its_first_token_gets_its_http_sta
     assert all(s.closed.is_set() for s in service.streams)
 
 
-async def test_client_disconnect_before_the_first_streamed_token_closes_the_generation():
+async def post_then_hang_up(body: dict) -> ScriptedService:
+    """POST a chat completion to a service that never answers; hang up once it is submitted."""
     service = ScriptedService(lambda r: [], hang=True)
     async with serving(service) as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        body = json.dumps({"model": "m", "messages": USER, "stream": True}).encode()
+        data = json.dumps(body).encode()
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data)
         )
         await writer.drain()
         await asyncio.wait_for(service.submitted_event.wait(), DEADLINE)
         writer.close()
         await writer.wait_closed()
-        await asyncio.wait_for(service.streams[0].closed.wait(), DEADLINE)
+        for stream in service.streams:
+            await asyncio.wait_for(stream.closed.wait(), DEADLINE)
+    return service
+
+
+async def test_client_disconnect_before_the_first_streamed_token_closes_the_generation():
+    service = await post_then_hang_up({"model": "m", "messages": USER, "stream": True})
+    assert len(service.streams) == 1
 
 
 async def test_failure_before_answer_is_an_http_error():
@@ -228,21 +236,7 @@ async def test_client_disconnect_mid_stream_closes_the_generation():
 
 
 async def test_client_disconnect_while_waiting_closes_the_generation():
-    service = ScriptedService(lambda r: [], hang=True)
-    async with serving(service) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        body = json.dumps({"model": "m", "messages": USER, "n": 2}).encode()
-        writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        await writer.drain()
-        await asyncio.wait_for(service.submitted_event.wait(), DEADLINE)
-        writer.close()
-        await writer.wait_closed()
-        for stream in service.streams:
-            await asyncio.wait_for(stream.closed.wait(), DEADLINE)
+    await post_then_hang_up({"model": "m", "messages": USER, "n": 2})
 
 
 async def test_a_refused_choice_closes_the_admitted_ones():

@@ -96,23 +96,19 @@ def test_stop_string_is_not_emitted(client):
 
 
 def test_n_2_gives_two_independent_choices(client):
-    reply = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        n=2,
-        max_tokens=10,
-        temperature=1.0,
-        seed=7,
-    )
+    def ask():
+        return client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            n=2,
+            max_tokens=10,
+            temperature=1.0,
+            seed=7,
+        )
+
+    reply = ask()
     assert [c.index for c in reply.choices] == [0, 1]
-    again = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        n=2,
-        max_tokens=10,
-        temperature=1.0,
-        seed=7,
-    )
+    again = ask()
     assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
     assert reply.choices[0].message.content != reply.choices[1].message.content
 

@@ -9,43 +9,20 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import msgspec
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from tests import sample_tools
+
 MODEL = "demo:tiny"
 SEEDS = range(3)
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 10},
-                "unit": {"enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "a": {"type": "integer", "minimum": -100, "maximum": 100},
-                "b": {"type": "integer", "minimum": -100, "maximum": 100},
-            },
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
+# The engine tests' tools, as an OpenAI client sends them.
+WEATHER, ADD = (
+    {"type": "function", "function": msgspec.to_builtins(spec)}
+    for spec in (sample_tools.WEATHER, sample_tools.ADD)
+)
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 ASK = [{"role": "user", "content": "What is the weather in Oslo, and what is 2 + 3?"}]

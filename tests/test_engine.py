@@ -95,10 +95,10 @@ def make_engine(demo):
     model, tokenizer = demo
     made: list[tuple[Engine, Events]] = []
 
-    def make(start: bool = True, **options) -> tuple[Engine, Events]:
+    def make(start: bool = True, engine_class: type[Engine] = Engine, **options):
         events = Events()
         options = {"context_length": 4096, "coalesce_ms": 0.0, **options}
-        engine = Engine(model, tokenizer, model_name="demo-tiny", emit=events, **options)
+        engine = engine_class(model, tokenizer, model_name="demo-tiny", emit=events, **options)
         if start:
             engine.start()
         made.append((engine, events))
@@ -385,14 +385,17 @@ def test_resume_from_every_token_hits_the_cache_exactly(make_engine, no_eos):
     assert head + events.tokens("tail") == events.tokens("whole")
 
 
-def test_bad_requests_fail_alone(demo, no_eos):
-    class Boom(Engine):
-        def _prepare(self, request):
-            seq = super()._prepare(request)
-            if request.request_id.startswith("boom"):
-                seq.processors.append(lambda tokens, logits: mx.array(1) + None)
-            return seq
+class Boom(Engine):
+    """Requests whose id starts with "boom" raise inside the generation step."""
 
+    def _prepare(self, request):
+        seq = super()._prepare(request)
+        if request.request_id.startswith("boom"):
+            seq.processors.append(lambda tokens, logits: mx.array(1) + None)
+        return seq
+
+
+def test_bad_requests_fail_alone(demo, no_eos):
     model, tokenizer = demo
     events = Events()
     engine = Boom(model, tokenizer, model_name="demo-tiny", emit=events, context_length=64)
@@ -456,87 +459,54 @@ class JoinAt(Engine):
             self.submit(self._then)
 
 
-def _alone_then_joined(demo, make_engine, first: GenerationRequest, after: int, **options):
+def _alone_then_joined(make_engine, first: GenerationRequest, after: int, **options):
     """Tokens of ``first`` run alone to the end, and run with a neighbour joining mid-way."""
     alone, alone_events = make_engine(**options)
     alone.submit(first)
     assert isinstance(alone_events.end(first.request_id), Finished)
     assert alone.vitals()["peak_batch_size"] == 1
 
-    model, tokenizer = demo
-    events = Events()
     neighbour = request("neighbour", prompt="Walter waits " * 5, max_tokens=30)
-    engine = JoinAt(
-        model,
-        tokenizer,
-        model_name="demo-tiny",
-        emit=events,
-        context_length=4096,
-        coalesce_ms=0.0,
-        after=after,
-        then=neighbour,
-        **options,
-    )
-    engine.start()
-    try:
-        engine.submit(first)
-        end = events.end(first.request_id)
-        assert isinstance(events.end("neighbour"), Finished)
-    finally:
-        engine.stop()
-    assert not events.violations
+    engine, events = make_engine(engine_class=JoinAt, after=after, then=neighbour, **options)
+    engine.submit(first)
+    end = events.end(first.request_id)
+    assert isinstance(events.end("neighbour"), Finished)
     assert engine.solo_steps >= after  # it did run alone first
     assert engine.vitals()["peak_batch_size"] == 2  # and then shared the batch
     return alone_events.tokens(first.request_id), events.tokens(first.request_id), end
 
 
 @pytest.mark.parametrize("after", [1, 5, 20])
-def test_a_lone_greedy_request_continues_token_for_token_in_the_batch(
-    demo, make_engine, no_eos, after
-):
+def test_a_lone_greedy_request_continues_token_for_token_in_the_batch(make_engine, no_eos, after):
     sampling = SamplingParams(temperature=0.0, logit_bias=no_eos)
     first = request("first", prompt="Xavier rows across the lake", max_tokens=40, sampling=sampling)
-    alone, joined, end = _alone_then_joined(demo, make_engine, first, after)
+    alone, joined, end = _alone_then_joined(make_engine, first, after)
     assert len(alone) == 40
     assert joined == alone
     assert end.finish_reason == "length" and end.usage.completion_tokens == 40
 
 
-def test_a_seeded_request_draws_the_same_tokens_alone_or_joined(demo, make_engine, no_eos):
+def test_a_seeded_request_draws_the_same_tokens_alone_or_joined(make_engine, no_eos):
     first = _seeded("seeded", 2024, "Yvonne paints the harbour", no_eos)
-    alone, joined, _ = _alone_then_joined(demo, make_engine, first, after=8)
+    alone, joined, _ = _alone_then_joined(make_engine, first, after=8)
     assert len(alone) == 24 and joined == alone
 
 
-def test_a_request_joined_during_its_prefill_loses_nothing(demo, make_engine, no_eos):
+def test_a_request_joined_during_its_prefill_loses_nothing(make_engine, no_eos):
     sampling = SamplingParams(temperature=0.0, logit_bias=no_eos)
     prompt = "Zoe counts the boats in Lisbon. " * 12
     first = request("prefilling", prompt=prompt, max_tokens=16, sampling=sampling)
     # prefill_step_size 16: the first steps feed prompt chunks; the neighbour comes after two.
-    alone, joined, end = _alone_then_joined(demo, make_engine, first, 2, prefill_step_size=16)
+    alone, joined, end = _alone_then_joined(make_engine, first, 2, prefill_step_size=16)
     assert joined == alone and len(alone) == 16
     assert end.usage.prompt_tokens > 3 * 16  # so it was still prefilling at step 2
 
 
-def test_a_lone_request_failing_its_step_fails_alone(demo):
-    class Failing(Engine):
-        def _prepare(self, request):
-            seq = super()._prepare(request)
-            if request.request_id == "boom":
-                seq.processors.append(lambda tokens, logits: mx.array(1) + None)
-            return seq
-
-    model, tokenizer = demo
-    events = Events()
-    engine = Failing(model, tokenizer, model_name="demo-tiny", emit=events, context_length=512)
-    engine.start()
-    try:
-        engine.submit(request("boom", prompt="Mallory", max_tokens=8))
-        failed = events.end("boom")
-        assert isinstance(failed, GenerationFailed) and failed.status == 500 and failed.retryable
-        engine.submit(request("after", prompt="Oscar", max_tokens=8))
-        assert isinstance(events.end("after"), Finished)
-        assert engine.vitals()["batch_size"] == 0
-    finally:
-        engine.stop()
-    assert not events.violations
+def test_a_lone_request_failing_its_step_fails_alone(make_engine):
+    engine, events = make_engine(engine_class=Boom, context_length=512)
+    engine.submit(request("boom", prompt="Mallory", max_tokens=8))
+    failed = events.end("boom")
+    assert isinstance(failed, GenerationFailed) and failed.status == 500 and failed.retryable
+    engine.submit(request("after", prompt="Oscar", max_tokens=8))
+    assert isinstance(events.end("after"), Finished)
+    assert engine.vitals()["batch_size"] == 0
