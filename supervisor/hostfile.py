@@ -81,10 +81,14 @@ class RouterSpec(_Written):
 
 
 class ApiSpec(_Written):
-    """Where the HTTP API listens (port 0: any free port)."""
+    """Where the HTTP API listens (port 0: any free port), and the HTTP server's limits."""
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024  # larger: 413
+    header_timeout: Seconds = 10.0  # a connection must send its request head within this
+    body_timeout: Seconds = 30.0  # ... and its body within this after the head
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000  # beyond: 503, Retry-After
     comment: Comment = None
 
 
@@ -93,6 +97,8 @@ class ControlSpec(_Written):
 
     host: str | None = None
     port: Port = 0
+    max_pending: Annotated[int, msgspec.Meta(ge=1)] = 64  # connections not yet past Hello
+    max_hello_bytes: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 4096  # first frame
     comment: Comment = None
 
 
@@ -141,6 +147,11 @@ class ClusterFile(_Written):
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
+    admin_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+    ready_wait: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     log_format: LogFormat = "json"
     parallel: Parallel = "tensor"
     starting_port: Port = RING_STARTING_PORT
@@ -189,6 +200,11 @@ class ClusterSpec(_Spec):
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
+    admin_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    stream_buffer_bytes: int = 4 * 1024 * 1024
+    ready_wait: float = 30.0
     log_format: LogFormat = "json"
     ssh: SSHSpec = SSHSpec()
     membership: MembershipSpec = MembershipSpec()
@@ -279,7 +295,12 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         stream_interval_ms=doc.stream_interval_ms,
         restart=_check_restart(doc.restart),
         router=doc.router,
-        api_key=doc.api_key,
+        api_key=checks.check_key(doc.api_key, '"api_key"'),
+        admin_key=checks.check_key(doc.admin_key, '"admin_key"'),
+        allowed_hosts=checks.check_allowed_hosts(doc.allowed_hosts),
+        cors_origins=checks.check_cors_origins(doc.cors_origins),
+        stream_buffer_bytes=doc.stream_buffer_bytes,
+        ready_wait=doc.ready_wait,
         log_format=doc.log_format,
         ssh=doc.ssh,
         membership=doc.membership,

@@ -176,6 +176,43 @@ def check_port_clashes(groups: Sequence[tuple[str, Sequence[str]]]) -> None:
                 )
 
 
+def check_key(key: str | None, where: str) -> str | None:
+    """A credential, when given, must be a non-empty token with no spaces."""
+    if key is None:
+        return None
+    if not key.strip():
+        raise Problem(f"{where} is empty; leave the key out (no key) or set a long random string")
+    if any(c.isspace() for c in key) or not key.isprintable():
+        raise Problem(f"{where} must not contain spaces or control characters")
+    return key
+
+
+_HOSTNAME = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*]([A-Za-z0-9.*-]*[A-Za-z0-9])?)")
+_ORIGIN = re.compile(r"(\*|https?://[A-Za-z0-9.\-\[\]:]+)")
+
+
+def check_allowed_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
+    """Names a loopback API also answers to (``Host`` header, any port): plain host names."""
+    for i, host in enumerate(hosts):
+        if not _HOSTNAME.fullmatch(host):
+            raise Problem(
+                f'"allowed_hosts"[{i}] "{host}" is not a host name (e.g. "mac1.local", '
+                '"10.0.0.5", "[fe80::1]"); leave the port out'
+            )
+    return tuple(h.lower() for h in hosts)
+
+
+def check_cors_origins(origins: Sequence[str]) -> tuple[str, ...]:
+    """Origins a browser app may call the API from: ``scheme://host[:port]`` or ``*``."""
+    for i, origin in enumerate(origins):
+        if not _ORIGIN.fullmatch(origin):
+            raise Problem(
+                f'"cors_origins"[{i}] "{origin}" is not an origin like '
+                '"http://localhost:3000" (scheme, host, optional port; no path) or "*"'
+            )
+    return tuple(origins)
+
+
 def check_model(model: str, where: str) -> None:
     """A model spec must be a non-empty string."""
     if not model.strip():

@@ -241,7 +241,8 @@ def test_type_errors_name_the_json_path(document, message):
         ),
         (
             {"hosts": [MAC1], "api": {"zzz": 1}},
-            'hostfile.json: $.api: unknown key "zzz"; expected one of "host", "port", "comment"',
+            'hostfile.json: $.api: unknown key "zzz"; expected one of "host", "port", '
+            '"max_body_bytes", "header_timeout", "body_timeout", "max_connections", "comment"',
         ),
     ],
 )
@@ -480,3 +481,70 @@ def test_overrides_replace_api_address_and_inherited_models_only():
 def test_bad_overrides_are_refused(overrides, message):
     with pytest.raises(HostfileError, match=message):
         apply_overrides(parse([MAC1]), **overrides)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"hosts": [MAC1], "api_key": ""},
+            'hostfile.json: "api_key" is empty; leave the key out (no key) or set a long '
+            "random string",
+        ),
+        (
+            {"hosts": [MAC1], "admin_key": "  "},
+            'hostfile.json: "admin_key" is empty; leave the key out (no key) or set a long '
+            "random string",
+        ),
+        (
+            {"hosts": [MAC1], "admin_key": "two words"},
+            'hostfile.json: "admin_key" must not contain spaces or control characters',
+        ),
+        (
+            {"hosts": [MAC1], "allowed_hosts": ["mac1.local:8080"]},
+            'hostfile.json: "allowed_hosts"[0] "mac1.local:8080" is not a host name (e.g. '
+            '"mac1.local", "10.0.0.5", "[fe80::1]"); leave the port out',
+        ),
+        (
+            {"hosts": [MAC1], "cors_origins": ["http://app.local/chat"]},
+            'hostfile.json: "cors_origins"[0] "http://app.local/chat" is not an origin like '
+            '"http://localhost:3000" (scheme, host, optional port; no path) or "*"',
+        ),
+        (
+            {"hosts": [MAC1], "stream_buffer_bytes": 10},
+            "hostfile.json: $.stream_buffer_bytes: Expected int >= 65536",
+        ),
+        (
+            {"hosts": [MAC1], "api": {"max_body_bytes": 0}},
+            "hostfile.json: $.api.max_body_bytes: Expected int >= 1024",
+        ),
+    ],
+)
+def test_security_keys_are_checked(document, message):
+    assert error(document) == message
+
+
+def test_security_keys_are_read():
+    spec = parse(
+        {
+            "hosts": [MAC1],
+            "admin_key": "s3cret-admin",
+            "allowed_hosts": ["Mac1.local", "[fe80::1]"],
+            "cors_origins": ["http://localhost:3000"],
+            "stream_buffer_bytes": 1 << 20,
+            "ready_wait": 12,
+            "api": {"max_body_bytes": 4096, "header_timeout": 2, "max_connections": 50},
+            "control": {"max_pending": 8, "max_hello_bytes": 1024},
+        }
+    )
+    assert spec.admin_key == "s3cret-admin"
+    assert spec.allowed_hosts == ("mac1.local", "[fe80::1]")
+    assert spec.cors_origins == ("http://localhost:3000",)
+    assert (spec.stream_buffer_bytes, spec.ready_wait) == (1 << 20, 12)
+    assert (spec.api.max_body_bytes, spec.api.header_timeout, spec.api.body_timeout) == (
+        4096,
+        2,
+        30,
+    )
+    assert (spec.api.max_connections, spec.control.max_pending) == (50, 8)
+    assert spec.control.max_hello_bytes == 1024
