@@ -1,9 +1,13 @@
 """Admission: turn a ``GenerationRequest`` into a ``Sequence`` ready to join the batch.
 
-Everything that can fail because of the request happens here, on the engine thread and
-before ``BatchGenerator`` sees it: a bad value raised inside a batch step would fail
-every request in the batch, not just the one that sent it. A ``ValueError`` raised here
-(``GrammarError`` included) becomes the request's 400.
+Everything that can fail because of the request happens here, before ``BatchGenerator``
+sees it: a bad value raised inside a batch step would fail every request in the batch,
+not just the one that sent it. A ``ValueError`` raised here (``GrammarError`` included)
+becomes the request's 400.
+
+Two steps: ``render`` templates and tokenizes the prompt on the caller's thread (the
+costly, prompt-sized part, which must not stall the batch), ``prepare_sequence``
+validates and compiles the rest on the engine thread.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import structlog
 from mlx_lm.sample_utils import LogitsProcessor, Sampler
 
 from actors.constrained import Constraint, GrammarTokenizer, constraint_for
+from actors.inbox import Prompted
 from actors.output import Output
 from actors.prompt import render_prompt, tool_dict
 from actors.protocol import GenerationRequest, Usage
@@ -138,8 +143,30 @@ class Sequence:
         )
 
 
-def prepare_sequence(request: GenerationRequest, model: ModelFacts) -> Sequence:
-    """Validate, render and compile one request; raises ValueError naming what is wrong."""
+class ContextTooLong(ValueError):
+    """A prompt that cannot fit the model's context."""
+
+    code = "context_length_exceeded"  # OpenAI's code for it
+
+
+def render(request: GenerationRequest, model: ModelFacts) -> Prompted:
+    """Template and tokenize ``request``'s prompt; any thread. Raises ValueError (400)."""
+    prompt = render_prompt(model.tokenizer, request)
+    check_context(len(prompt) + len(request.resume_tokens), model.context_length)
+    return Prompted(request, prompt)
+
+
+def check_context(tokens: int, context_length: int) -> None:
+    if tokens >= context_length:
+        raise ContextTooLong(
+            f"prompt is {tokens} tokens but the model's context is "
+            f"{context_length}; shorten the prompt"
+        )
+
+
+def prepare_sequence(prompted: Prompted, model: ModelFacts) -> Sequence:
+    """Validate and compile one rendered request; raises ValueError naming what is wrong."""
+    request = prompted.request
     if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
         raise ValueError(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}")
     if request.max_tokens is not None and request.max_tokens < 1:
@@ -148,14 +175,10 @@ def prepare_sequence(request: GenerationRequest, model: ModelFacts) -> Sequence:
     resume = list(request.resume_tokens)
     if any(not 0 <= t < model.vocab_size for t in resume):
         raise ValueError("resume_tokens holds ids outside the model's vocabulary")
-    prompt = render_prompt(model.tokenizer, request)
+    prompt = prompted.prompt
     full = prompt + resume
+    check_context(len(full), model.context_length)
     room = model.context_length - len(full)
-    if room <= 0:
-        raise ValueError(
-            f"prompt is {len(full)} tokens but the model's context is "
-            f"{model.context_length}; shorten the prompt"
-        )
     budget = request.max_tokens if request.max_tokens is not None else model.default_max_tokens
     constraint = request_constraint(request, model)
     return Sequence(

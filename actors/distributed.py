@@ -25,8 +25,8 @@ import mlx.core as mx
 import msgspec
 import structlog
 
-from actors.inbox import StepPlan
-from actors.protocol import GenerationRequest, LoadProgress
+from actors.inbox import Prompted, StepPlan
+from actors.protocol import LoadProgress
 from actors.rank_env import BACKEND_ENV, WORLD_SIZE_ENV, write_rank_files
 
 log = structlog.get_logger()
@@ -46,7 +46,7 @@ class GroupStopped(Exception):
 class SharedPlan(msgspec.Struct, frozen=True, omit_defaults=True):
     """What every rank must apply before the next step, as rank 0 decided it."""
 
-    admit: list[GenerationRequest] = []
+    admit: list[Prompted] = []  # with rank 0's prompt tokens: no other rank renders one
     cancel: list[str] = []  # running request ids
     retire: list[int] = []  # batch uids of sequences that ended on a stop string
 
@@ -93,13 +93,14 @@ def load_rank(config: Any, path: Path, send: Callable[[Any], Any]) -> tuple[Any,
     return model, tokenizer, group
 
 
-def with_shared_seed(request: GenerationRequest) -> GenerationRequest:
+def with_shared_seed(prompted: Prompted) -> Prompted:
     """Temperature sampling without a seed gets one from rank 0, so every rank draws alike."""
+    request = prompted.request
     sampling = request.sampling
     if sampling.temperature == 0 or sampling.seed is not None:
-        return request
+        return prompted
     seeded = msgspec.structs.replace(sampling, seed=secrets.randbits(63))
-    return msgspec.structs.replace(request, sampling=seeded)
+    return Prompted(msgspec.structs.replace(request, sampling=seeded), prompted.prompt)
 
 
 class Lockstep:
@@ -138,8 +139,8 @@ class Lockstep:
     def agree(self, plan: StepPlan) -> StepPlan:
         """Rank 0's batch changes on every rank: rank 0 sends its plan, the others adopt it.
 
-        Every rank then admits the same requests (each renders the prompt itself, as
-        mlx_lm.server's ranks do) and samples with the same seeds, so batches stay equal.
+        Every rank then admits the same requests (with the prompt tokens rank 0 rendered
+        off its engine thread) and samples with the same seeds, so batches stay equal.
         """
         if self.leader:
             plan.admit = [with_shared_seed(r) for r in plan.admit]

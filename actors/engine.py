@@ -23,11 +23,11 @@ from typing import Any
 import mlx.core as mx
 import structlog
 
-from actors.admission import ModelFacts, Sequence, prepare_sequence
+from actors.admission import ModelFacts, Sequence, prepare_sequence, render
 from actors.batch import Batch
 from actors.constrained import GrammarTokenizer
 from actors.distributed import GroupFailure, GroupStopped, Lockstep
-from actors.inbox import Inbox, StepPlan
+from actors.inbox import Inbox, Prompted, StepPlan
 from actors.outbox import Emit, Outbox
 from actors.prompt_cache import PromptCache
 from actors.protocol import Finished, GenerationRequest, Usage
@@ -121,8 +121,20 @@ class Engine:
             self._thread.join(timeout)
 
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; its events arrive through ``emit``."""
-        if self._stopping.is_set() or not self._inbox.put(request):
+        """Render and queue a request; its events arrive through ``emit``.
+
+        The prompt is templated and tokenized here, on the caller's thread: a long one
+        costs its sender time, not the batch (and one past the context never queues).
+        """
+        if self._stopping.is_set():
+            self._out.failed(request.request_id, "engine is stopped", 503, retryable=True)
+            return
+        try:
+            prompted = render(request, self._facts)
+        except Exception as error:  # the request's own fault: template, length
+            self._reject(request.request_id, error)
+            return
+        if not self._inbox.put(prompted):
             self._out.failed(request.request_id, "engine is stopped", 503, retryable=True)
 
     def cancel(self, request_id: str) -> None:
@@ -231,13 +243,11 @@ class Engine:
         for cache, tokens in self._batch.remove(uids):
             self._prompt_cache.keep(tokens, cache)
 
-    def _admit(self, request: GenerationRequest, alone: bool = False) -> None:
+    def _admit(self, prompted: Prompted, alone: bool = False) -> None:
         try:
-            seq = self._prepare(request)
-        except Exception as error:  # the request's own fault: template, length, parameters
-            log.info("request_rejected", request_id=request.request_id, error=str(error))
-            self._out.failed(request.request_id, str(error) or repr(error), 400)
-            self._count(requests_done=1)
+            seq = self._prepare(prompted)
+        except Exception as error:  # the request's own fault: length, parameters, grammar
+            self._reject(prompted.request_id, error)
             return
         self._active[seq.request_id] = seq
         if seq.max_new_tokens <= 0:  # resume_tokens already used the whole budget
@@ -248,6 +258,13 @@ class Engine:
         except Exception as error:
             log.exception("insert_failed", request_id=seq.request_id)
             self._fail(seq, f"could not start generation: {error!r}", 500)
+
+    def _reject(self, request_id: str, error: Exception) -> None:
+        """A request refused for its own fault: a 400 saying why (any thread)."""
+        log.info("request_rejected", request_id=request_id, error=str(error))
+        code = getattr(error, "code", "")
+        self._out.failed(request_id, str(error) or repr(error), 400, code=code)
+        self._count(requests_done=1)
 
     def _insert(self, seq: Sequence, alone: bool) -> None:
         """Start a sequence (alone: as the Solo) from the longest cached prefix."""
@@ -317,11 +334,11 @@ class Engine:
         if solo is not None:
             self._prompt_cache.keep(solo.tokens, solo.cache)
 
-    def _prepare(self, request: GenerationRequest) -> Sequence:
+    def _prepare(self, prompted: Prompted) -> Sequence:
         """Everything about a request that can fail because of the request; raises ValueError."""
-        if request.request_id in self._active:
-            raise ValueError(f"request {request.request_id!r} is already running")
-        return prepare_sequence(request, self._facts)
+        if prompted.request_id in self._active:
+            raise ValueError(f"request {prompted.request_id!r} is already running")
+        return prepare_sequence(prompted, self._facts)
 
     def _advance(self) -> None:
         """Run one BatchGenerator step and turn its responses into events."""

@@ -1,4 +1,8 @@
-"""Requests and cancels handed over by callers' threads, until the engine thread takes them."""
+"""Requests and cancels handed over by callers' threads, until the engine thread takes them.
+
+A request enters the inbox with its prompt already templated and tokenized (``Prompted``),
+by the caller's thread: a long prompt never stalls the engine thread, and so the batch.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,31 @@ from collections import deque
 from collections.abc import Container
 from dataclasses import dataclass, field
 
+import msgspec
+
 from actors.protocol import GenerationRequest
+
+
+class Prompted(msgspec.Struct, frozen=True):
+    """A request and its rendered prompt's token ids (without ``resume_tokens``).
+
+    Rank 0 of a group shares these, so the other ranks never render a prompt either.
+    """
+
+    request: GenerationRequest
+    prompt: list[int]
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
 
 
 @dataclass
 class StepPlan:
     """Changes to the batch before the next step: what ranks of a group must agree on."""
 
-    admit: list[GenerationRequest] = field(default_factory=list)
-    drop: list[GenerationRequest] = field(default_factory=list)  # cancelled while queued
+    admit: list[Prompted] = field(default_factory=list)
+    drop: list[Prompted] = field(default_factory=list)  # cancelled while queued
     cancel: list[str] = field(default_factory=list)  # running request ids to end as cancelled
     retire: list[int] = field(default_factory=list)  # uids already finished, still in the batch
 
@@ -28,12 +48,12 @@ class Inbox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queued: deque[GenerationRequest] = deque()
+        self._queued: deque[Prompted] = deque()
         self._cancels: set[str] = set()
         self._closed = False
         self.wakeup = threading.Event()  # set on every put and cancel
 
-    def put(self, request: GenerationRequest) -> bool:
+    def put(self, request: Prompted) -> bool:
         """Queue a request; False once the inbox is closed (nobody will take it)."""
         with self._lock:
             if self._closed:
@@ -62,7 +82,7 @@ class Inbox:
         """
         with self._lock:
             cancels, self._cancels = self._cancels, set()
-            dropped: list[GenerationRequest] = []
+            dropped: list[Prompted] = []
             cancelled: list[str] = []
             if cancels:
                 dropped = [r for r in self._queued if r.request_id in cancels]
@@ -74,7 +94,7 @@ class Inbox:
                 admit.append(self._queued.popleft())
         return StepPlan(admit=admit, drop=dropped, cancel=cancelled)
 
-    def close(self) -> list[GenerationRequest]:
+    def close(self) -> list[Prompted]:
         """Refuse further requests; the ones still queued, for the caller to end."""
         with self._lock:
             self._closed = True

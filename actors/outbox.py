@@ -68,8 +68,12 @@ class Outbox:
             reason = "tool_calls"
         self.emit(Finished(seq.request_id, reason, seq.usage(), tool_calls=calls or None))
 
-    def failed(self, request_id: str, message: str, status: int, retryable: bool = False) -> None:
-        self.emit(GenerationFailed(request_id, message, retryable=retryable, status=status))
+    def failed(
+        self, request_id: str, message: str, status: int, retryable: bool = False, code: str = ""
+    ) -> None:
+        self.emit(
+            GenerationFailed(request_id, message, retryable=retryable, status=status, code=code)
+        )
 
     def emit(self, event: GenerationEvent) -> None:
         try:

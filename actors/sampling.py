@@ -24,6 +24,7 @@ from mlx_lm.sample_utils import (
 from actors.protocol import SamplingParams, TokenLogprob, TopLogprob
 
 MAX_TOP_LOGPROBS = 20
+IMPOSSIBLE_LOGPROB = -9999.0
 
 
 def validate_sampling(params: SamplingParams, vocab_size: int) -> None:
@@ -111,7 +112,13 @@ def token_logprob(
         ids = mx.argpartition(-logprobs, kth=top_n - 1)[:top_n]
         values = logprobs[ids]
         pairs = sorted(zip(ids.tolist(), values.tolist(), strict=True), key=lambda p: -p[1])
-        top = [TopLogprob(token_id=i, token=decode(i), logprob=v) for i, v in pairs]
+        top = [TopLogprob(token_id=i, token=decode(i), logprob=finite(v)) for i, v in pairs]
     return TokenLogprob(
-        token_id=token, token=decode(token), logprob=logprobs[token].item(), top=top
+        token_id=token, token=decode(token), logprob=finite(logprobs[token].item()), top=top
     )
+
+
+def finite(logprob: float) -> float:
+    """A token a grammar masked has logprob -inf, which JSON cannot carry (it becomes null);
+    OpenAI writes -9999.0 for "as good as impossible"."""
+    return max(logprob, IMPOSSIBLE_LOGPROB)

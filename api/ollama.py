@@ -19,6 +19,7 @@ from actors.protocol import (
     ToolCall,
     ToolSpec,
 )
+from api.limits import check_schema
 from api.ollama_models import (
     ChatRequest,
     Format,
@@ -59,10 +60,11 @@ def chat_to_generation(
     body: ChatRequest, request_id: str, model: str, context_length: int = 0
 ) -> GenerationRequest:
     """``model`` is the served id ``body.model`` resolved to; ``messages`` must not be empty."""
-    tools = [
-        ToolSpec(t.function.name, t.function.description, t.function.parameters)
-        for t in body.tools or []
-    ]
+    tools = []
+    for i, t in enumerate(body.tools or []):
+        if t.function.parameters is not None:
+            check_schema(t.function.parameters, f"tools[{i}].function.parameters")
+        tools.append(ToolSpec(t.function.name, t.function.description, t.function.parameters))
     return _request(
         body,
         request_id,
@@ -187,6 +189,7 @@ def _response_format(fmt: Format | None) -> ResponseFormat | None:
         return None
     if fmt == "json":
         return ResponseFormat(type="json_object")
+    check_schema(fmt, "format")
     return ResponseFormat(type="json_schema", schema=fmt)
 
 

@@ -11,8 +11,11 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
+from api.limits import MAX_SEED, StopList, StopString
+
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+Count = Annotated[int, Meta(le=2**31 - 1)]
 
 # --------------------------------------------------------------------------- #
 # Requests
@@ -22,13 +25,14 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 class Options(Struct, kw_only=True):
     """Modelfile parameters a request may override; the others Ollama knows are ignored."""
 
-    num_predict: Annotated[int, Meta(ge=-2)] | None = None  # -1 / -2: until the context is full
+    num_predict: Annotated[Count, Meta(ge=-2)] | None = None  # -1 / -2: until the context is full
     temperature: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
     top_p: Probability | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None  # 0 disables it
+    top_k: Annotated[Count, Meta(ge=0)] | None = None  # 0 disables it
     min_p: Probability | None = None
-    seed: int | None = None  # negative: a random seed, as Ollama's -1
-    stop: str | list[str] | None = None
+    # negative: a random seed, as Ollama's -1; seeds travel as int64
+    seed: Annotated[int, Meta(ge=-MAX_SEED - 1, le=MAX_SEED)] | None = None
+    stop: StopString | StopList | None = None  # the OpenAI side's caps
     repeat_penalty: Annotated[float, Meta(ge=0.0, le=10.0)] | None = None  # 0 and 1 disable it
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None

@@ -22,6 +22,7 @@ from actors.protocol import (
     ToolSpec,
     Usage,
 )
+from api.limits import check_schema, choice_seed
 from api.openai_models import (
     AssistantMessage,
     ChatChoice,
@@ -59,8 +60,12 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> list[Gen
     if body.top_logprobs and not body.logprobs:
         raise BadRequest("top_logprobs: needs logprobs=true", param="top_logprobs")
     tools = [
-        ToolSpec(t.function.name, t.function.description, t.function.parameters)
-        for t in body.tools or []
+        ToolSpec(
+            t.function.name,
+            t.function.description,
+            _schema(t.function.parameters, f"tools[{i}].function.parameters"),
+        )
+        for i, t in enumerate(body.tools or [])
     ]
     max_tokens = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -109,7 +114,7 @@ def completion_to_generation(body: CompletionRequest, request_id: str) -> list[G
 
 
 def fan_out(base: GenerationRequest, n: int) -> list[GenerationRequest]:
-    """``n`` independent requests ``{id}-{i}``; seed+i makes choices differ yet reproduce."""
+    """``n`` independent requests ``{id}-{i}``; seed+i (wrapped) makes choices differ yet repeat."""
     if n == 1:
         return [base]
     seed = base.sampling.seed
@@ -118,7 +123,7 @@ def fan_out(base: GenerationRequest, n: int) -> list[GenerationRequest]:
             base,
             request_id=f"{base.request_id}-{i}",
             sampling=msgspec.structs.replace(
-                base.sampling, seed=None if seed is None else seed + i
+                base.sampling, seed=None if seed is None else choice_seed(seed, i)
             ),
         )
         for i in range(n)
@@ -182,15 +187,8 @@ def _sampling(body: SamplingFields) -> SamplingParams:
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None
-    out = {}
-    for key, value in bias.items():
-        if not key.isdigit():
-            raise BadRequest(
-                f"logit_bias: keys must be token ids (digit strings), got '{key}'",
-                param="logit_bias",
-            )
-        out[int(key)] = value
-    return out
+    # Keys are 1-9 ASCII digits (the wire type's pattern): int() cannot fail or run long.
+    return {int(key): value for key, value in bias.items()}
 
 
 def _stop(stop: str | list[str] | None) -> list[str]:
@@ -224,8 +222,15 @@ def _response_format(fmt: ResponseFormatBody | None) -> ResponseFormat | None:
                 "response_format.json_schema.schema: required for type json_schema",
                 param="response_format.json_schema.schema",
             )
-        return ResponseFormat(type="json_schema", schema=spec.schema, name=spec.name)
+        schema = _schema(spec.schema, "response_format.json_schema.schema")
+        return ResponseFormat(type="json_schema", schema=schema, name=spec.name)
     return None  # "text" is the default: no constraint
+
+
+def _schema(schema: dict | None, where: str) -> dict | None:
+    if schema is not None:
+        check_schema(schema, where)
+    return schema
 
 
 def _prompt(prompt: str | list) -> str:

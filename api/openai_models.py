@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from api.limits import MAX_SEED, StopList, StopString
+
 # --------------------------------------------------------------------------- #
 # Shared request pieces
 # --------------------------------------------------------------------------- #
@@ -20,8 +22,13 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
-StopList = Annotated[list[str], Meta(max_length=4)]
+PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Seed = Annotated[int, Meta(ge=0, le=MAX_SEED)]
+# A token id as a decimal string of ASCII digits (str.isdigit() also takes "²" and "٣");
+# nine digits cover every vocabulary, and the actor checks the id against its own.
+TokenIdKey = Annotated[str, Meta(pattern="^[0-9]{1,9}$")]
+# OpenAI's cap on logit_bias entries.
+MAX_LOGIT_BIAS = 300
 
 
 class StreamOptions(Struct):
@@ -82,14 +89,16 @@ class SamplingFields(Struct, kw_only=True):
     max_tokens: PositiveInt | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
-    top_k: Annotated[int, Meta(ge=-1)] | None = None  # -1 (vLLM) and 0 both mean "off"
+    top_k: Annotated[int, Meta(ge=-1, le=2**31 - 1)] | None = (
+        None  # -1 (vLLM) and 0 both mean "off"
+    )
     min_p: Probability | None = None
-    seed: int | None = None
-    stop: str | StopList | None = None
+    seed: Seed | None = None
+    stop: StopString | StopList | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Bias] | None = None
+    logit_bias: Annotated[dict[TokenIdKey, Bias], Meta(max_length=MAX_LOGIT_BIAS)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=16)] | None = None

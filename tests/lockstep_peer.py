@@ -13,14 +13,18 @@ import sys
 import threading
 
 from actors.distributed import GroupFailure, GroupStopped, Lockstep, SharedPlan, join_group
+from actors.inbox import Prompted
 from actors.protocol import GenerationRequest, SamplingParams
 from actors.rank_env import pin_to_cpu
 
 PLANS = [
     SharedPlan(
         admit=[
-            GenerationRequest(
-                request_id="r1", model="m", prompt="hi", sampling=SamplingParams(seed=7)
+            Prompted(
+                GenerationRequest(
+                    request_id="r1", model="m", prompt="hi", sampling=SamplingParams(seed=7)
+                ),
+                prompt=[1, 2, 3],  # rank 0's rendering travels with the request
             )
         ],
         cancel=["r0"],

@@ -56,6 +56,14 @@ def invalid(type_, body: dict) -> str:
         ("max_completion_tokens", -5, "$.max_completion_tokens"),
         ("stop", ["a", "b", "c", "d", "e"], "$.stop"),
         ("logit_bias", {"5": 101}, "$.logit_bias"),
+        ("logit_bias", {"hello": 1}, "$.logit_bias"),
+        ("logit_bias", {"²": 1}, "$.logit_bias"),  # str.isdigit() says yes; int() says no
+        ("logit_bias", {"1" * 5000: 1}, "$.logit_bias"),  # past int()'s 4,300-digit limit
+        ("logit_bias", {str(i): 1 for i in range(301)}, "$.logit_bias"),
+        ("seed", -1, "$.seed"),
+        ("seed", 2**63, "$.seed"),
+        ("stop", ["x" * 257], "$.stop"),
+        ("max_tokens", 2**64, "$.max_tokens"),
         ("repetition_penalty", 0, "$.repetition_penalty"),
         ("response_format", {"type": "xml"}, "$.response_format.type"),
         ("tool_choice", "sometimes", "$.tool_choice"),
@@ -280,10 +288,32 @@ def test_logprobs_flags():
     assert info.value.param == "top_logprobs"
 
 
-def test_logit_bias_keys_must_be_token_ids():
+def test_logit_bias_keys_become_token_ids():
+    bias = chat_to_generation(chat(logit_bias={"7": 1, "000123456": -2}), "r")[0].sampling
+    assert bias.logit_bias == {7: 1.0, 123456: -2.0}
+
+
+def test_seeds_of_n_choices_wrap_within_int64():
+    reqs = chat_to_generation(chat(n=3, seed=2**63 - 2), "r")
+    assert [r.sampling.seed for r in reqs] == [2**63 - 2, 2**63 - 1, 0]
+
+
+def test_a_schema_past_the_depth_or_size_bound_is_refused_naming_the_field():
+    deep: dict = {"type": "string"}
+    for _ in range(64):
+        deep = {"type": "array", "items": deep}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": deep}}
     with pytest.raises(BadRequest) as info:
-        chat_to_generation(chat(logit_bias={"hello": 1}), "r")
-    assert info.value.param == "logit_bias"
+        chat_to_generation(chat(response_format=fmt), "r")
+    assert info.value.param == "response_format.json_schema.schema"
+    assert "64 levels" in info.value.message
+    ok = {"type": "json_schema", "json_schema": {"name": "x", "schema": deep["items"]}}
+    assert chat_to_generation(chat(response_format=ok), "r")[0].response_format.schema
+    wide = {"type": "object", "properties": {f"p{i}": {} for i in range(10_000)}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": wide}}]
+    with pytest.raises(BadRequest) as info:
+        chat_to_generation(chat(tools=tools), "r")
+    assert info.value.param == "tools[0].function.parameters"
 
 
 def test_stop_list_drops_empty_strings():
@@ -348,3 +378,27 @@ def test_unsupported_completion_options(field, value):
 def test_completion_n_fans_out():
     reqs = completion_to_generation(completion(n=2, seed=0), "cmpl-y")
     assert [(r.request_id, r.sampling.seed) for r in reqs] == [("cmpl-y-0", 0), ("cmpl-y-1", 1)]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            '{"response_format":{"type":"json_schema","json_schema":{"schema":%s}}}',
+            "response_format.json_schema.schema",
+        ),
+        (
+            '{"model":"m","tools":[{},{"function":{"name":"a,{[","parameters":%s}}]}',
+            "tools[1].function.parameters",
+        ),
+        ('{"format":%s}', "format"),
+        ('{"messages":[],"metadata":{"k":%s}}', "metadata"),
+        ("[%s]", None),  # the body itself is an array: no field
+    ],
+)
+def test_a_body_too_deep_to_decode_names_the_field_its_depth_is_in(body, field):
+    from api.limits import too_deep_field
+
+    deep = '{"a":[' * 600 + "1" + "]}" * 600
+    assert too_deep_field((body % deep).encode()) == field
+    assert too_deep_field((body % "1").encode()) is None  # shallow: nothing to name

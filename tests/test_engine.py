@@ -428,6 +428,20 @@ def test_bad_requests_fail_alone(demo, no_eos):
     assert not events.violations
 
 
+def test_a_prompt_past_the_context_is_refused_on_the_senders_thread(demo):
+    model, tokenizer = demo
+    events = Events()
+    engine = Engine(model, tokenizer, model_name="demo-tiny", emit=events, context_length=64)
+    # Never started: no engine thread exists to template, tokenize or refuse anything.
+    engine.submit(request("long", messages=chat("word " * 100), max_tokens=4))
+    failed = events.end("long", timeout=0)
+    assert isinstance(failed, GenerationFailed) and failed.status == 400
+    assert failed.code == "context_length_exceeded"
+    assert "the model's context is 64" in failed.message
+    assert engine.vitals()["queued_requests"] == 0  # it never reached the inbox
+    engine.stop()
+
+
 def test_progress_counts_prefill_chunks(make_engine):
     engine, events = make_engine(prefill_step_size=16)
     seen: list[int] = []

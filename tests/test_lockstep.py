@@ -52,8 +52,9 @@ def test_followers_receive_exactly_what_rank_0_shares_and_stop_when_told():
     leader, follower = run_pair("share")
     assert [line.get("plan") for line in follower[:3]] == [line.get("plan") for line in leader[:3]]
     first = follower[0]["plan"]
-    assert first["admit"][0]["request_id"] == "r1"
-    assert first["admit"][0]["sampling"]["seed"] == 7
+    assert first["admit"][0]["request"]["request_id"] == "r1"
+    assert first["admit"][0]["request"]["sampling"]["seed"] == 7
+    assert first["admit"][0]["prompt"] == [1, 2, 3]  # followers never render a prompt
     assert first["cancel"] == ["r0"] and first["retire"] == [3, 4]
     assert follower[1]["plan"] is None  # nothing new: one tiny collective, no payload
     assert follower[2]["plan"] == {"cancel": ["r1"]}
@@ -72,21 +73,26 @@ def test_a_rank_that_dies_fails_the_group_on_its_peer_instead_of_hanging():
 @pytest.mark.parametrize("temperature, seed", [(0.0, None), (0.7, 5)])
 def test_requests_that_already_sample_alike_keep_their_sampling(temperature, seed):
     from actors.distributed import with_shared_seed
+    from actors.inbox import Prompted
     from actors.protocol import GenerationRequest, SamplingParams
 
     request = GenerationRequest(
         request_id="r", model="m", prompt="x", sampling=SamplingParams(temperature, seed=seed)
     )
-    assert with_shared_seed(request) is request
+    prompted = Prompted(request, [1])
+    assert with_shared_seed(prompted) is prompted
 
 
 def test_temperature_without_a_seed_gets_one_that_every_rank_shares():
     from actors.distributed import with_shared_seed
+    from actors.inbox import Prompted
     from actors.protocol import GenerationRequest, SamplingParams
 
     request = GenerationRequest(
         request_id="r", model="m", prompt="x", sampling=SamplingParams(temperature=0.8)
     )
-    seeded = with_shared_seed(request)
-    assert seeded.sampling.seed is not None and 0 <= seeded.sampling.seed < 2**63
-    assert seeded.sampling.temperature == 0.8 and seeded.request_id == "r"
+    seeded = with_shared_seed(Prompted(request, [1, 2]))
+    sampling = seeded.request.sampling
+    assert sampling.seed is not None and 0 <= sampling.seed < 2**63
+    assert sampling.temperature == 0.8 and seeded.request_id == "r"
+    assert seeded.prompt == [1, 2]
