@@ -6,6 +6,8 @@ to another group of the same model with ``resume_tokens`` = every token id
 already yielded, and that group's deltas and Finished continue the stream (its
 usage counts the resumed tokens as completion tokens, so usage counts once).
 A failure that is the request's own (``retryable=False``) ends the stream as is.
+Placement may wait for a restarting group, the lost one included when no other group
+is alive (``ClusterService.place``); a request is placed at most ``MAX_PLACEMENTS`` times.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ log = structlog.get_logger()
 
 # tokens a request without max_tokens is assumed to owe, for the router's queued tokens
 DEFAULT_BUDGET = 512
+# Placements of one request (the first and its failovers). A request may go back to the
+# group it lost once that restarts, so without a bound one whose own content fails every
+# group it reaches (a retryable step failure) would loop.
+MAX_PLACEMENTS = 4
 
 
 class Placement(Protocol):
@@ -128,6 +134,8 @@ class RoutedStream:
         """Move to another group of the model; the failure to report if there is none."""
         old = self._group.name
         self._placement.cool(old)
+        if len(self.groups) >= MAX_PLACEMENTS:
+            return self._lost_event(f"{lost.message}; the request lost {len(self.groups)} groups")
         try:
             group = await self._placement.place(self._request, exclude=self.groups)
         except ServiceError as exc:

@@ -29,6 +29,12 @@ class BadRequest(ServiceError):
     code = "invalid_request_error"
 
 
+class ContextLengthExceeded(BadRequest):
+    """A prompt that cannot fit the model's context (OpenAI's code for it)."""
+
+    code = "context_length_exceeded"
+
+
 class ModelNotFound(ServiceError):
     status = 404
     code = "model_not_found"

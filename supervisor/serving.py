@@ -1,14 +1,17 @@
 """ClusterService: the GenerationService over supervised generation groups.
 
-Admission (draining, unknown model, queue limit), placement through the router,
-and the waiting rule when no group is ready:
+Admission (draining, unknown model, prompt size, queue limit), placement through the
+router, and the waiting rule when no group is ready:
 
-- some group serving the model is starting for the first time (the cluster is
-  coming up): wait for it, at most ``ready_wait`` seconds;
+- some group serving the model is starting or restarting (not ``failed``, not leaving):
+  wait for it, at most ``ready_wait`` seconds, then serve. A fault costs latency, not an
+  error, while any replica can come back;
 - every group has failed (restart intensity exhausted): 503 at once, Retry-After 30;
-- otherwise (groups restarting after a crash, or only lost ones left): 503 at once,
-  Retry-After ``RESTART_RETRY_AFTER``. A restart takes a model load, and a client
-  told to come back beats one held for an unknown time.
+- the wait ran out: 503, Retry-After ``RESTART_RETRY_AFTER``.
+
+A request that lost its group mid-stream is placed the same way, away from the groups
+it lost while another group is alive, else back on the one it lost once that restarts.
+Requests waiting for a group count against ``queue_limit`` as placed ones do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from typing import Protocol
+
+import msgspec
 
 from actors.protocol import GenerationRequest
 from supervisor.events import RouteDecided, RouterDeclared
@@ -33,6 +38,7 @@ from supervisor.router import (
     session_key,
 )
 from supervisor.service import (
+    ContextLengthExceeded,
     ModelInfo,
     ModelNotFound,
     QueueFull,
@@ -43,6 +49,11 @@ from supervisor.state import ClusterState
 FAILED_RETRY_AFTER = 30.0
 RESTART_RETRY_AFTER = 5.0
 DEFAULT_COOLDOWN = 5.0
+# No tokenizer's tokens average more bytes than this over a whole prompt (English runs
+# ~4, code ~3; the longest vocabulary entries are runs of spaces or punctuation). A prompt
+# past context_length x this cannot fit: refused before an actor templates or tokenizes it.
+BYTES_PER_TOKEN_CEILING = 64
+READY_POLL = 0.05  # seconds between looks at a group that is ready but cannot take work
 _NO_HARDWARE = Hardware()
 
 
@@ -81,6 +92,7 @@ class ClusterService:
         spec = router or RouterSpec()
         self._book = RouterBook(RouterConfig(spec.policy, spec.session_ttl, cooldown))
         self._owed: dict[str, int] = {}  # group -> tokens promised, not yet delivered
+        self.waiting = 0  # admitted requests waiting for a group to become ready
         state.apply(RouterDeclared(spec.policy, spec.session_ttl, cooldown))
 
     def draining(self) -> bool:
@@ -109,42 +121,75 @@ class ClusterService:
             raise ModelNotFound(
                 f"model {request.model!r} is not served here; known: {known}", param="model"
             )
-        if self._state.in_flight >= self._queue_limit:
+        self._check_size(request)
+        admitted = self._state.in_flight + self.waiting
+        if admitted >= self._queue_limit:
             raise QueueFull(
-                f"{self._state.in_flight} requests in flight reach the queue limit "
+                f"{admitted} requests in flight or waiting for a group reach the queue limit "
                 f"of {self._queue_limit}; retry shortly",
                 retry_after=1,
             )
-        group = await self.place(request)
+        self.waiting += 1
+        try:
+            group = await self.place(request)
+        finally:
+            self.waiting -= 1
         return RoutedStream(self, self._state, group, request)
+
+    def _check_size(self, request: GenerationRequest) -> None:
+        """Refuse a prompt too large for the model's context by its bytes, before any actor."""
+        context = max(
+            (g.context_length for g in self._groups if g.model == request.model), default=0
+        )
+        if not context:
+            return  # no group has been ready yet: the actor's exact check decides
+        size, limit = prompt_bytes(request), context * BYTES_PER_TOKEN_CEILING
+        if size > limit:
+            field = "messages" if request.messages is not None else "prompt"
+            raise ContextLengthExceeded(
+                f"{field}: {size} bytes of prompt text cannot fit the model's context of "
+                f"{context} tokens (at most {limit} bytes, {BYTES_PER_TOKEN_CEILING} per "
+                "token); shorten the prompt",
+                param=field,
+            )
 
     # ------------------------------------------------------------------ placement
 
     async def place(self, request: GenerationRequest, exclude: Collection[str] = ()) -> ServedGroup:
-        """A ready group for ``request`` (none of ``exclude``), or Unavailable (see module doc)."""
+        """A ready group for ``request``, or Unavailable (see module doc).
+
+        ``exclude`` (groups the request lost) is honoured while another group of the model
+        is alive; when only lost ones are left, the request waits for one of them to restart.
+        """
         policy = self._book.config.policy
-        ask = Ask(
-            request.model,
-            session_key(request) if policy == "sticky" else None,
-            frozenset(exclude),
-        )
+        session = session_key(request) if policy == "sticky" else None
         deadline = self._clock() + self._ready_wait
         while True:
+            alive = self._alive(request.model)
+            avoid = frozenset(exclude) if any(g.name not in exclude for g in alive) else frozenset()
+            ask = Ask(request.model, session, avoid)
             group = self._decide(ask)
             if group is not None:
                 return group
-            coming = self._first_starts(ask)
+            coming = [g for g in alive if g.name not in avoid]
             remaining = deadline - self._clock()
             if not coming or remaining <= 0:
                 raise self._unavailable(ask, waited=bool(coming))
-            waits = [asyncio.ensure_future(g.ready.wait()) for g in coming]
-            try:
-                await asyncio.wait(
-                    waits, timeout=min(remaining, 1.0), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:  # also when the client hangs up meanwhile
-                for w in waits:
-                    w.cancel()
+            await self._wait_ready(coming, min(remaining, 1.0))
+
+    async def _wait_ready(self, groups: list[ServedGroup], timeout: float) -> None:
+        """Until one of ``groups`` turns ready, at most ``timeout`` (a group may also fail)."""
+        if all(g.ready.is_set() for g in groups):
+            # Ready yet not chosen: its actor was lost a moment ago and the supervisor has
+            # not cleared it yet. Poll rather than spin on the set events.
+            await asyncio.sleep(min(timeout, READY_POLL))
+            return
+        waits = [asyncio.ensure_future(g.ready.wait()) for g in groups if not g.ready.is_set()]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the client hangs up meanwhile
+            for w in waits:
+                w.cancel()
 
     def _decide(self, ask: Ask) -> ServedGroup | None:
         began = time.thread_time()  # CPU time: a busy host's preemptions are not the router's
@@ -189,20 +234,14 @@ class ClusterService:
             return hints
         return Hardware(hints.chip, hints.gpu_cores, hints.memory_gb, min(known))
 
-    def _first_starts(self, ask: Ask) -> list[ServedGroup]:
-        """Groups of the model still starting for the first time: worth waiting for."""
+    def _alive(self, model: str) -> list[ServedGroup]:
+        """Groups of ``model`` that serve or may serve soon: not failed, leaving or stopped."""
         out = []
         for g in self._groups:
             view = self._state.groups.get(g.name)
-            if (
-                g.model != ask.model
-                or g.name in ask.exclude
-                or g.failed
-                or g.leaving
-                or view is None
-            ):
+            if g.model != model or g.failed or g.leaving or view is None:
                 continue
-            if view.state == "starting" and view.restarts == 0:
+            if view.state not in ("failed", "stopped"):
                 out.append(g)
         return out
 
@@ -255,3 +294,21 @@ class ClusterService:
     def cool(self, group: str) -> None:
         """``group`` just lost a request: other requests pass it over for a while."""
         self._book.cool(group, self._clock())
+
+
+def prompt_bytes(request: GenerationRequest) -> int:
+    """UTF-8 bytes of the text a request's prompt is made of: messages, prompt, tools."""
+    size = _text_bytes(request.prompt)
+    for message in request.messages or ():
+        size += _text_bytes(message.content)
+        for call in message.tool_calls or ():
+            size += _text_bytes(call.name) + _text_bytes(call.arguments)
+    if request.tools:
+        size += len(msgspec.json.encode(request.tools))
+    return size
+
+
+def _text_bytes(text: str | None) -> int:
+    if not text:
+        return 0
+    return len(text) if text.isascii() else len(text.encode())

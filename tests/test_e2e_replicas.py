@@ -2,7 +2,8 @@
 
 Routing spreads load and keeps sessions and models where they belong; a replica killed
 with ``kill -9`` under load loses no request (streams go on elsewhere, token for token
-what an uninterrupted greedy run says); with no replica left the answer is a prompt 503.
+what an uninterrupted greedy run says); while a replica restarts requests wait for it, and
+with every replica failed the answer is a prompt 503.
 Demo-model replicas where MLX matters (greedy continuation, prompt cache), fake engines
 where only routing does.
 """
@@ -364,9 +365,27 @@ def test_all_replicas_failed_is_503_at_once_and_a_started_stream_ends_with_an_er
     assert sup.health()[0] == 503
 
 
-def test_all_replicas_restarting_is_503_at_once_with_a_short_retry_after(start_supervisor):
+def test_a_request_while_the_only_group_restarts_after_kill_9_waits_and_is_served(
+    start_supervisor,
+):
+    backoff = {"backoff_initial": 2, "backoff_max": 2}
+    sup = start_supervisor(replicas(fake("f"), names=("a",), restart=backoff))
+    wait_all_ready(sup)
+    os.kill(actor_pid(sup, "a"), signal.SIGKILL)
+    wait_for(lambda: sup.status()["groups"][0]["state"] == "restarting", 10, "a restarting group")
+    r = httpx.post(
+        sup.url + "/v1/completions",
+        json={"model": "fake:f", "prompt": "?", "max_tokens": 3},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    assert sup.status()["groups"][0]["restarts"] == 1
+
+
+def test_a_restart_longer_than_ready_wait_is_503_with_a_short_retry_after(start_supervisor):
     backoff = {"backoff_initial": 120, "backoff_max": 120}
-    sup = start_supervisor(replicas(fake("f"), restart=backoff))
+    sup = start_supervisor(replicas(fake("f"), restart=backoff, ready_wait=1))
     wait_all_ready(sup)
     for group in ("a", "b"):
         os.kill(actor_pid(sup, group), signal.SIGKILL)
@@ -380,8 +399,8 @@ def test_all_replicas_restarting_is_503_at_once_with_a_short_retry_after(start_s
     elapsed = time.monotonic() - began
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "5"
-    assert "restarting" in r.json()["error"]["message"]
-    assert elapsed < 5  # far below the 30 s ready-wait, which is for a cluster coming up
+    assert "became ready within 1 s" in r.json()["error"]["message"]
+    assert 1 <= elapsed < 5  # waited ready_wait, no longer
 
 
 def test_hardware_aware_sends_more_to_the_bigger_machine(start_supervisor):
