@@ -143,6 +143,7 @@ class GenerationFailed(_Msg, frozen=True):
     message: str
     retryable: bool = False
     status: int = 500
+    code: str = ""  # an error code for the client (e.g. "context_length_exceeded"), if any
 
 
 GenerationEvent = TokenDelta | Finished | GenerationFailed
@@ -181,6 +182,7 @@ class Hello(_Msg, frozen=True):
     token: str
     protocol: int = PROTOCOL_VERSION
     rank: int = 0
+    nonce: str = ""  # this spawn's one-time nonce: the token alone names no incarnation
 
 
 class Welcome(_Msg, frozen=True):
@@ -290,6 +292,7 @@ Message = (
 
 CONFIG_ENV = "MLXS_ACTOR_CONFIG"
 TOKEN_ENV = "MLXS_TOKEN"
+NONCE_ENV = "MLXS_NONCE"
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
@@ -301,3 +304,19 @@ def encode(msg: Message) -> bytes:
 
 def decode(data: bytes) -> Message:
     return _decoder.decode(data)
+
+
+class Route(msgspec.Struct, frozen=True):
+    """A message's tag and request id, read without decoding the rest of it."""
+
+    t: str
+    request_id: str = ""
+
+
+_route_decoder = msgspec.msgpack.Decoder(Route)
+STREAM_EVENTS = frozenset({"TokenDelta", "Finished", "GenerationFailed"})
+
+
+def route(data: bytes) -> Route:
+    """Where an encoded message goes: a stream event is held undecoded until it is taken."""
+    return _route_decoder.decode(data)

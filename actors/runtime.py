@@ -18,6 +18,7 @@ import structlog
 
 from actors.protocol import (
     CONFIG_ENV,
+    NONCE_ENV,
     TOKEN_ENV,
     ActorConfig,
     ActorError,
@@ -56,18 +57,20 @@ class Actor(Protocol):
     def stop(self) -> None: ...
 
 
-def load_config() -> tuple[ActorConfig, str]:
+def load_config() -> tuple[ActorConfig, str, str]:
+    """The config, the cluster token and this spawn's one-time nonce, from the environment."""
     raw = os.environ.get(CONFIG_ENV)
     token = os.environ.get(TOKEN_ENV)
     if not raw or not token:
         raise SystemExit(f"actors: ${CONFIG_ENV} and ${TOKEN_ENV} must be set by the supervisor")
-    return msgspec.json.decode(raw, type=ActorConfig), token
+    return msgspec.json.decode(raw, type=ActorConfig), token, os.environ.get(NONCE_ENV, "")
 
 
 class ActorRuntime:
-    def __init__(self, config: ActorConfig, token: str, actor: Actor):
+    def __init__(self, config: ActorConfig, token: str, actor: Actor, nonce: str = ""):
         self.config = config
         self._token = token
+        self._nonce = nonce
         self._actor = actor
         self._channel: SocketChannel | None = None
         self._stopping = threading.Event()
@@ -89,6 +92,7 @@ class ActorRuntime:
             pid=os.getpid(),
             token=self._token,
             rank=cfg.rank,
+            nonce=self._nonce,
         )
         self._channel.send(hello)
         reply = self._channel.recv()
@@ -172,6 +176,6 @@ def configure_logging() -> None:
 
 
 def serve(actor: Actor) -> int:
-    config, token = load_config()
+    config, token, nonce = load_config()
     structlog.contextvars.bind_contextvars(actor_id=config.actor_id, node=config.node)
-    return ActorRuntime(config, token, actor).run()
+    return ActorRuntime(config, token, actor, nonce).run()

@@ -17,7 +17,7 @@ class NodeDeclared:
 @dataclass(frozen=True)
 class NodeStatus:
     node: str
-    state: str  # "up" | "down" | "connecting"
+    state: str  # "up" | "down" | "connecting" | "unreachable"
     reason: str = ""
 
 
@@ -43,7 +43,7 @@ class GroupDeclared:
 @dataclass(frozen=True)
 class GroupState:
     group: str
-    state: str  # "starting" | "ready" | "restarting" | "failed" | "stopped"
+    state: str  # "starting" | "ready" | "restarting" | "waiting" | "failed" | "stopped"
     reason: str = ""
     restarted: bool = False
     context_length: int = 0
@@ -86,7 +86,7 @@ class ActorReady:
 @dataclass(frozen=True)
 class ActorStopped:
     actor_id: str
-    state: str  # "exited" | "killed" | "failed" | "stopped"
+    state: str  # "exited" | "killed" | "failed" | "stopped" | "waiting"
     reason: str = ""
 
 

@@ -1,4 +1,9 @@
-"""OTP restart decisions as pure functions: restart type, intensity/period, backoff."""
+"""OTP restart decisions as pure functions: restart type, intensity/period, backoff.
+
+One departure from OTP: a child whose host could not be reached was never started, so
+it spends no restart intensity; the supervisor waits for the host (``Wait``), with the
+same capped backoff, as long as it takes. A host that reboots must not fail its groups.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,13 @@ class Leave(msgspec.Struct, frozen=True, tag=True):
     """The child's restart type says it stays down; nothing failed."""
 
 
-Decision = Restart | GiveUp | Leave
+class Wait(msgspec.Struct, frozen=True, tag=True):
+    """The host could not be reached: try again after ``delay``; no intensity is spent."""
+
+    delay: float
+
+
+Decision = Restart | GiveUp | Leave | Wait
 
 
 def should_restart(restart_type: RestartType, exit_normal: bool) -> bool:
@@ -67,10 +78,17 @@ def decide(
     now: float,
     restart_type: RestartType,
     exit_normal: bool,
+    unreachable: int = 0,
 ) -> Decision:
-    """What to do when a child exited at ``now``, given its recent restarts."""
+    """What to do when a child exited at ``now``, given its recent restarts.
+
+    ``unreachable``: how many starts in a row could not reach the child's host (0: the
+    host was reached and the child itself failed).
+    """
     if not should_restart(restart_type, exit_normal):
         return Leave()
+    if unreachable > 0:
+        return Wait(delay=backoff_delay(policy, unreachable))
     recent = history.within(policy.period, now).timestamps + (now,)
     if len(recent) > policy.intensity:
         restarts = f"{len(recent)} restart{'s' if len(recent) > 1 else ''}"

@@ -13,7 +13,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from actors.protocol import CONFIG_ENV, TOKEN_ENV, ActorConfig
+from actors.protocol import CONFIG_ENV, NONCE_ENV, TOKEN_ENV, ActorConfig
 from supervisor.logs import relay_actor_line
 
 log = structlog.get_logger()
@@ -29,6 +29,16 @@ class ActorLaunch:
     token: str
     env: dict[str, str] = field(default_factory=dict)
     python: str | None = None
+    nonce: str = ""  # one-time, from ControlServer.expect: the Hello must carry it back
+
+
+class HostUnreachable(Exception):
+    """The spawner could not reach the host at all (refused, no route, no answer, no such
+    name). The host may come back, so the supervisor waits for it: not a child failure."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message  # the short why, without the node's address
 
 
 class ActorProcess(Protocol):
@@ -55,11 +65,12 @@ def openblas_path() -> str | None:
 
 
 def actor_environment(launch: ActorLaunch, base: dict[str, str]) -> dict[str, str]:
-    """The child's environment: config and token travel here, never on a command line."""
+    """The child's environment: config, token and nonce travel here, never on a command line."""
     env = dict(base)
     env.update(launch.env)
     env[CONFIG_ENV] = msgspec.json.encode(launch.config).decode()
     env[TOKEN_ENV] = launch.token
+    env[NONCE_ENV] = launch.nonce
     env.setdefault("PYTHONUNBUFFERED", "1")
     if launch.config.kind == "generation":
         blas = openblas_path()

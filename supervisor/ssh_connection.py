@@ -20,8 +20,10 @@ import structlog
 from supervisor.ssh_target import (
     Endpoint,
     SSHError,
+    SSHUnreachable,
     describe_failure,
     display_path,
+    is_unreachable,
     keyscan_hint,
 )
 
@@ -144,8 +146,12 @@ class SSHConnector:
         return await asyncio.get_running_loop().run_in_executor(ssh_threads, fn, *args)
 
     async def client(self) -> paramiko.SSHClient:
-        """The host's shared connection, retried with exponential backoff."""
-        delay, reason = self.backoff, ""
+        """The host's shared connection, retried with exponential backoff.
+
+        Raises SSHUnreachable when the last attempt found no host to talk to (the
+        supervisor then waits for it), SSHError for any other refusal.
+        """
+        delay, reason, unreachable = self.backoff, "", False
         for attempt in range(1, self.retries + 2):
             try:
                 client = await self.in_thread(_connections.get, self.endpoint, self.connect)
@@ -154,6 +160,7 @@ class SSHConnector:
                 raise
             except Exception as exc:
                 reason = describe_failure(exc, self.endpoint, self.connect_timeout)
+                unreachable = is_unreachable(exc)
                 self.note_error(f"{self.where}: {reason}")
                 log.warning(
                     "ssh_connect_failed",
@@ -168,7 +175,8 @@ class SSHConnector:
                 continue
             _connections.errors.pop(self.endpoint, None)
             return client
-        raise SSHError(f"{self.where}: {reason}; gave up after {self.retries + 1} attempts")
+        message = f"{self.where}: {reason}; gave up after {self.retries + 1} attempts"
+        raise SSHUnreachable(message, reason) if unreachable else SSHError(message)
 
     def connect(self) -> paramiko.SSHClient:
         """One connection attempt (in a pool thread), host key checked against known_hosts."""

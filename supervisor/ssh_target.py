@@ -5,13 +5,17 @@ Pure functions over plain data; the connection itself lives in ``supervisor.ssh`
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass
 
 import paramiko
+
+from supervisor.spawner import HostUnreachable
 
 SSH_PORT = 22
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -25,6 +29,44 @@ class SSHError(Exception):
 
 class SSHTargetError(SSHError, ValueError):
     """An ``ssh`` value of the hostfile that cannot name a host."""
+
+
+class SSHUnreachable(SSHError, HostUnreachable):
+    """Every attempt to connect failed for want of the host itself (see ``is_unreachable``)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        HostUnreachable.__init__(self, message, reason)
+
+
+# The network did not get us to an sshd; what the host would have said is unknown.
+_UNREACHABLE_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+    }
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when a connection failure means the host is not there (off, rebooting, sshd
+    stopped, no route, name not resolving): waiting may help. A host key refusal or a
+    failed authentication is an answer from the host: waiting cannot help."""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return all(is_unreachable(e) for e in exc.errors.values()) if exc.errors else True
+    if isinstance(exc, (socket.gaierror, TimeoutError, ConnectionError, EOFError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _UNREACHABLE_ERRNOS
+    if isinstance(exc, paramiko.AuthenticationException):
+        return False
+    # TCP accepted but no SSH banner: sshd is still starting, or the host is half up.
+    return isinstance(exc, paramiko.SSHException) and "protocol banner" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -56,6 +98,13 @@ class Endpoint:
         return self.hostname if self.port == SSH_PORT else f"[{self.hostname}]:{self.port}"
 
 
+# A host name, alias or IPv4 address; or an IPv6 address with an optional zone (%en0).
+# Nothing a shell or ssh_config's ``Match exec`` (which paramiko runs, %h substituted) could
+# read as more than a name.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.%-]*")
+_IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?")
+
+
 def parse_ssh_target(text: str) -> SSHTarget:
     """Parse ``host``, ``user@host``, ``host:port``, ``user@host:port``, ``[v6]:port``."""
     s = text.strip()
@@ -84,8 +133,12 @@ def parse_ssh_target(text: str) -> SSHTarget:
         host = s  # a name, or a bare IPv6 address (several colons, no port)
     if not host:
         raise SSHTargetError(f"ssh target {text!r} names no host; expected {FORMS}")
-    if any(c.isspace() or c in "/@[]" for c in host):
+    if host.startswith("-") or (user or "").startswith("-"):
+        raise SSHTargetError(f"ssh target {text!r} must not start with '-' (an ssh option)")
+    if not (_HOST_NAME.fullmatch(host) or _IPV6.fullmatch(host)):
         raise SSHTargetError(f"ssh target {text!r}: {host!r} is not a host name; expected {FORMS}")
+    if user is not None and any(c.isspace() or not c.isprintable() for c in user):
+        raise SSHTargetError(f"ssh target {text!r}: the user name has spaces or control characters")
     return SSHTarget(
         host=host, user=user, port=None if port_text is None else _port(port_text, text)
     )

@@ -5,6 +5,10 @@ exits, loses its control connection, goes silent, or (for a generation group)
 stops making progress with work in flight, every child of the set is killed by
 PID and the set is restarted under the restart policy. one_for_one is a
 ChildSupervisor per child. The supervisor decides; the spawner executes.
+
+A spawn that cannot reach its host (HostUnreachable) is no failure of the child: the
+set is ``waiting`` for the host, retried with the capped backoff for as long as it
+takes, spending no restart intensity, and starts normally once the host answers.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from supervisor.events import (
     GroupState,
 )
 from supervisor.handle import ActorHandle
-from supervisor.policy import GiveUp, Leave, RestartHistory, decide
-from supervisor.spawner import ActorLaunch, ActorProcess, Spawner
+from supervisor.policy import GiveUp, Leave, RestartHistory, Wait, decide
+from supervisor.spawner import ActorLaunch, ActorProcess, HostUnreachable, Spawner
 from supervisor.state import ClusterState
 
 log = structlog.get_logger()
@@ -49,7 +53,7 @@ class ChildSpec:
 class Timeouts:
     hello: float = 30.0
     load: float = 900.0
-    heartbeat: float = 3.0
+    heartbeat: float = 2.0  # the hostfile's restart.heartbeat_timeout
     watchdog: float = 30.0
     stop_grace: float = 5.0
     # mx.distributed.init holds the GIL while a rank waits for its peers (measured): no
@@ -58,11 +62,14 @@ class Timeouts:
 
 
 class ChildFailed(Exception):
-    def __init__(self, reason: str, normal: bool = False, permanent: bool = False):
+    def __init__(
+        self, reason: str, normal: bool = False, permanent: bool = False, unreachable: bool = False
+    ):
         super().__init__(reason)
         self.reason = reason
         self.normal = normal
         self.permanent = permanent  # a configuration error: restarting cannot help
+        self.unreachable = unreachable  # the host was not reached: the child never started
 
 
 class _Child:
@@ -114,6 +121,7 @@ class ChildSupervisor:
         self._declared: dict[str, None] = {}
         self._stopping = asyncio.Event()
         self._failure: asyncio.Future[ChildFailed] | None = None
+        self._waiting = False  # the last start could not reach a host
         self.ready = asyncio.Event()
         self.failed = False
         self.leader: ActorHandle | None = None
@@ -125,16 +133,31 @@ class ChildSupervisor:
     async def run(self) -> None:
         history = RestartHistory()
         restarted = False
+        unreachable = 0  # starts in a row that could not reach a host
         while not self._stopping.is_set():
-            self._set_group_state("starting", restarted=restarted)
+            if not self._waiting:  # while waiting, "starting" is said once a host answers
+                self._set_group_state("starting", restarted=restarted)
             failure = await self._one_incarnation()
             if not self._stopping.is_set():  # logged before the kills, which a stop may cut short
-                log.warning("supervisor_child_failed", supervisor=self.name, reason=failure.reason)
+                event = "supervisor_child_failed"
+                if failure.unreachable:
+                    event = "supervisor_host_unreachable"
+                log.warning(event, supervisor=self.name, reason=failure.reason)
             await self._kill_all(failure.reason)
             if self._stopping.is_set():
                 break
+            unreachable = unreachable + 1 if failure.unreachable else 0
             restart_type = self._specs[0].restart
-            decision = decide(self._policy, history, time.monotonic(), restart_type, failure.normal)
+            now = time.monotonic()
+            decision = decide(self._policy, history, now, restart_type, failure.normal, unreachable)
+            if isinstance(decision, Wait):
+                self._waiting = True
+                self._set_group_state(
+                    "waiting", f"{failure.reason}; next try in {decision.delay:.1f} s"
+                )
+                await self._pause(decision.delay)
+                continue
+            self._waiting = False
             if failure.permanent:
                 decision = GiveUp("")  # a configuration error: no restart can fix it
             if isinstance(decision, GiveUp):
@@ -155,11 +178,15 @@ class ChildSupervisor:
             self._set_group_state(
                 "restarting", f"{failure.reason}; restart in {decision.delay:.1f} s"
             )
-            try:
-                await asyncio.wait_for(self._stopping.wait(), decision.delay)
-            except TimeoutError:
-                pass
+            await self._pause(decision.delay)
         self._set_group_state("stopped", "supervisor stopping")
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the supervisor is told to stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            pass
 
     async def stop(self, grace: float | None = None) -> None:
         """Ask every child to shut down; what has not exited after ``grace`` is killed by PID."""
@@ -194,6 +221,9 @@ class ChildSupervisor:
                         "ranks reaching mx.distributed.init",
                     )
                 await self._start_child(child, watchers)
+            if self._waiting:  # every host answered again: a start like any other
+                self._waiting = False
+                self._set_group_state("starting")
             await self._await_or_fail(
                 asyncio.gather(*(c.ready for c in self._children)),
                 self._timeouts.load,
@@ -218,12 +248,17 @@ class ChildSupervisor:
         cfg = child.spec.config
         self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
         self._declared.setdefault(cfg.actor_id)
-        hello = self._control.expect(cfg.actor_id)
-        launch = ActorLaunch(
-            config=cfg, token=self._token, env=child.spec.env, python=child.spec.python
-        )
+        expected = self._control.expect(cfg.actor_id)  # a fresh nonce for this incarnation
+        hello = expected.handle
+        spec = child.spec
+        launch = ActorLaunch(cfg, self._token, spec.env, spec.python, nonce=expected.nonce)
         try:
             child.process = await child.spec.spawner.spawn(launch)
+        except HostUnreachable as exc:
+            self._control.forget(cfg.actor_id)
+            reason = f"node {cfg.node} unreachable: {exc.reason}"
+            self._state.apply(ActorStopped(cfg.actor_id, "waiting", reason))
+            raise ChildFailed(reason, unreachable=True) from exc
         except Exception as exc:
             self._control.forget(cfg.actor_id)
             raise ChildFailed(f"{cfg.actor_id} could not be spawned on {cfg.node}: {exc}") from exc

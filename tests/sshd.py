@@ -1,5 +1,8 @@
 """A real OpenSSH server on 127.0.0.1 for tests: generated keys, ended by PID.
 
+``stop()`` and ``start()`` take the server down and bring it back on the same port with the
+same keys, as a host that reboots.
+
 A test module gets the ``sshd`` fixture with ``from tests.sshd import sshd_fixture  # noqa: F401``
 (named apart from the fixture so that test parameters do not shadow the import).
 """
@@ -31,7 +34,31 @@ class Sshd:
     host_key_line: str  # a known_hosts line for this server's host key
     pid: int
     log_path: Path
+    config: Path
     remembered: list[psutil.Process] = field(default_factory=list)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Run ``/usr/sbin/sshd -D -e`` on this server's port; return once it answers."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.pid = self.proc.pid
+        _wait_listening(self.proc, self.port, self.log_path, timeout)
+
+    def stop(self) -> None:
+        """End the server and every session it forked, by PID: the port refuses connections."""
+        if self.proc is None:
+            return
+        sessions = self.session_processes()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        _end(sessions)
 
     def write_known_hosts(self, path: Path) -> Path:
         path.write_text(self.host_key_line + "\n")
@@ -148,30 +175,19 @@ def sshd_fixture(tmp_path_factory):
     (tmp / "authorized_keys").write_text((tmp / "client_ed25519.pub").read_text())
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     port = _free_port()
-    config = _sshd_config(tmp, port, host_key)
-    log_path = tmp / "sshd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
     key_type, key_data = (tmp / "host_ed25519.pub").read_text().split()[:2]
     running = Sshd(
         host="127.0.0.1",
         port=port,
         client_key=client_key,
         host_key_line=f"[127.0.0.1]:{port} {key_type} {key_data}",
-        pid=proc.pid,
-        log_path=log_path,
+        pid=0,
+        log_path=tmp / "sshd.log",
+        config=_sshd_config(tmp, port, host_key),
     )
     try:
-        _wait_listening(proc, port, log_path, timeout=10.0)
+        running.start()
         yield running
     finally:
-        # Remembered processes may be orphans whose session is already gone.
-        sessions = running.session_processes() + running.remembered
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        _end(sessions)
+        running.stop()
+        _end(running.remembered)  # may be orphans whose session is already gone

@@ -10,6 +10,7 @@ from supervisor.policy import (
     Leave,
     Restart,
     RestartHistory,
+    Wait,
     affected_children,
     backoff_delay,
     decide,
@@ -154,6 +155,32 @@ def test_huge_intensity_does_not_overflow_the_backoff():
     policy = RestartSpec(intensity=5000, period=1e9)
     decisions = crash_loop(policy, [float(t) for t in range(3000)])
     assert decisions[-1].delay == 30.0
+
+
+@pytest.mark.parametrize(
+    ("attempts", "delay"), [(1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (999, 30.0)]
+)
+def test_an_unreachable_host_is_waited_for_with_the_capped_backoff(attempts, delay):
+    history = RestartHistory((1.0, 2.0))
+    decision = decide(DEFAULT, history, 3.0, "permanent", exit_normal=False, unreachable=attempts)
+    assert decision == Wait(delay=delay)
+
+
+def test_waiting_for_a_host_spends_no_intensity_and_never_gives_up():
+    """Intensity 0: one real failure gives up, a thousand unreachable starts do not."""
+    policy = RestartSpec(intensity=0, backoff_initial=0.5, backoff_max=4.0)
+    history = RestartHistory()
+    waits = [
+        decide(policy, history, float(t), "permanent", exit_normal=False, unreachable=t + 1)
+        for t in range(1000)
+    ]
+    assert all(isinstance(w, Wait) for w in waits)
+    assert max(w.delay for w in waits) == 4.0
+    assert isinstance(decide(policy, history, 1000.0, "permanent", exit_normal=False), GiveUp)
+
+
+def test_a_temporary_child_on_an_unreachable_host_stays_down():
+    assert decide(DEFAULT, RestartHistory(), 1.0, "temporary", False, unreachable=1) == Leave()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
 from supervisor.events import GroupDeclared
 from supervisor.hostfile import HostSpec, RestartSpec
-from supervisor.spawner import ActorLaunch, openblas_path
+from supervisor.spawner import ActorLaunch, HostUnreachable, openblas_path
 from supervisor.ssh import (
     CONNECTION_LOST,
     RemoteProcess,
@@ -232,6 +232,7 @@ async def test_unknown_host_key_is_refused_with_the_keyscan_hint(sshd, tmp_path)
     assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> " in message
     assert '"accept_new_host_keys": true' in message
     assert spawner.last_error == message
+    assert not isinstance(failed.value, HostUnreachable), "a host key refusal is a failure"
     assert not (tmp_path / "known_hosts").exists()
 
 
@@ -257,6 +258,7 @@ async def test_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
     message = str(failed.value)
     assert "\n" not in message and "host key CHANGED" in message and "attack" in message
     assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}'" in message
+    assert not isinstance(failed.value, HostUnreachable)
 
 
 async def test_unreachable_host_fails_after_retries_naming_node_and_reason(tmp_path):
@@ -295,6 +297,11 @@ async def test_unreachable_host_fails_after_retries_naming_node_and_reason(tmp_p
     )
     assert [e["attempt"] for e in logs if e["event"] == "ssh_connect_failed"] == [1, 2, 3]
     assert "connection refused" in spawner.last_error
+    # No host to talk to: the supervisor waits for it rather than counting a failure.
+    assert isinstance(failed.value, HostUnreachable)
+    assert failed.value.reason == (
+        f"connection refused; is sshd running and listening on port {port}?"
+    )
 
 
 async def test_a_key_the_server_does_not_accept_is_an_authentication_failure(sshd, tmp_path):
@@ -318,6 +325,7 @@ async def test_a_key_the_server_does_not_accept_is_an_authentication_failure(ssh
         f"node alice@n1 (127.0.0.1:{sshd.port}): authentication failed for alice"
     )
     assert "gave up after 2 attempts" in str(failed.value)
+    assert not isinstance(failed.value, HostUnreachable), "the host answered: a failure"
 
 
 async def test_no_key_to_offer_says_so(sshd, tmp_path, monkeypatch):

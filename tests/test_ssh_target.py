@@ -12,10 +12,12 @@ import pytest
 from actors.boot import present_preloads, read_environment
 from supervisor.ssh_target import (
     Endpoint,
+    SSHError,
     SSHTarget,
     SSHTargetError,
     describe_failure,
     exit_code,
+    is_unreachable,
     parse_ssh_target,
     remote_command,
     resolve_endpoint,
@@ -123,6 +125,36 @@ def test_describe_failure_says_what_to_do():
     assert describe_failure(paramiko.SSHException("Error reading SSH protocol banner")) == (
         "Error reading SSH protocol banner"
     )
+
+
+@pytest.mark.parametrize(
+    ("exc", "unreachable"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (TimeoutError("timed out"), True),
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (OSError(113, "No route to host"), True),
+        (OSError(101, "Network is unreachable"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (EOFError(), True),
+        (
+            paramiko.ssh_exception.NoValidConnectionsError(
+                {("127.0.0.1", 22): ConnectionRefusedError(111, "refused")}
+            ),
+            True,
+        ),
+        (paramiko.SSHException("Error reading SSH protocol banner"), True),
+        # The host answered: waiting cannot help, these are failures.
+        (paramiko.AuthenticationException("Authentication failed."), False),
+        (paramiko.SSHException("No authentication methods available"), False),
+        (SSHError("node n (h:22): unknown SSH host key"), False),
+        (FileNotFoundError(2, "No such file or directory"), False),
+        (PermissionError(13, "Permission denied"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_is_unreachable_tells_a_missing_host_from_a_refusing_one(exc, unreachable):
+    assert is_unreachable(exc) is unreachable
 
 
 def test_boot_reads_one_json_line_of_strings():
