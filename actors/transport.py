@@ -26,18 +26,26 @@ def frame(msg: Message) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _check_length(length: int) -> int:
-    if length > MAX_FRAME:
-        raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+def _check_length(length: int, limit: int = MAX_FRAME) -> int:
+    if length > limit:
+        raise FrameError(f"frame of {length} bytes exceeds the {limit} byte limit")
     return length
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
+async def read_message(reader: asyncio.StreamReader, max_length: int = MAX_FRAME) -> Message:
     """Read one message; raises asyncio.IncompleteReadError at end of stream."""
+    return decode(await read_body(reader, max_length))
+
+
+async def read_body(reader: asyncio.StreamReader, max_length: int = MAX_FRAME) -> bytes:
+    """Read one frame's body, undecoded (a message held for later costs only its bytes).
+
+    A declared length above ``max_length`` raises FrameError before any of the body is
+    read: an unauthenticated peer cannot make us buffer what it announces.
+    """
     header = await reader.readexactly(_HEADER.size)
     (length,) = _HEADER.unpack(header)
-    body = await reader.readexactly(_check_length(length))
-    return decode(body)
+    return await reader.readexactly(_check_length(length, max_length))
 
 
 def write_message(writer: asyncio.StreamWriter, msg: Message) -> None:

@@ -76,7 +76,8 @@ class StreamAssembler:
 
     def failure(self, event: GenerationFailed) -> list[bytes]:
         """An error after the response started: an OpenAI error as a data event, then DONE."""
-        return [sse(error_body(event.status, event.message, code="generation_failed")), DONE]
+        code = event.code or "generation_failed"
+        return [sse(error_body(event.status, event.message, code=code)), DONE]
 
     def closing(self) -> list[bytes]:
         frames = []

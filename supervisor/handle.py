@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from actors.protocol import (
+    STREAM_EVENTS,
     Cancel,
     Finished,
     Generate,
@@ -19,30 +20,82 @@ from actors.protocol import (
     Message,
     Ping,
     Pong,
-    TokenDelta,
+    decode,
+    route,
 )
-from actors.transport import FrameError, read_message, write_message
+from actors.transport import FrameError, read_body, write_message
 
 log = structlog.get_logger()
 
 _corr_ids = itertools.count(1)
+
+STREAM_BUFFER_BYTES = 1024 * 1024  # the hostfile's stream_buffer_bytes default
+# An actor that takes no bytes for this long has stopped reading its socket: it is lost.
+SEND_TIMEOUT = 10.0
+# A request whose client is not reading is failed with this status (the client's fault).
+CLIENT_TOO_SLOW = 408
 
 
 class ActorGone(Exception):
     """The actor's control connection is closed."""
 
 
-class ActorHandle:
-    """One incarnation of one actor, as seen from the supervisor."""
+class _Inbox:
+    """One request's events not yet taken by its consumer, held as their encoded bytes.
 
-    def __init__(self, hello: Hello, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    Held undecoded, an event costs what it weighed on the wire (decoded, a TokenDelta with
+    top_logprobs takes ~3.6 times that), so the bound on ``bytes`` bounds the memory: a
+    consumer that stops taking events (its HTTP client stopped reading) would otherwise
+    hold every event the actor goes on generating.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | GenerationEvent] = asyncio.Queue()
+        self.bytes = 0
+        self.overflowed = False  # cancelled at the actor; its failure is queued
+
+    def put(self, item: bytes | GenerationEvent) -> None:
+        if isinstance(item, bytes):
+            self.bytes += len(item)
+        self.queue.put_nowait(item)
+
+    async def get(self) -> GenerationEvent:
+        item = await self.queue.get()
+        if not isinstance(item, bytes):
+            return item
+        self.bytes -= len(item)
+        return decode(item)  # type: ignore[return-value]  # routed as a stream event
+
+    def replace_with(self, event: GenerationEvent) -> None:
+        """Drop what is queued (freeing it) and leave only ``event``."""
+        while not self.queue.empty():  # in place: a consumer may be waiting on this queue
+            self.queue.get_nowait()
+        self.bytes = 0
+        self.queue.put_nowait(event)
+
+
+class ActorHandle:
+    """One incarnation of one actor, as seen from the supervisor.
+
+    ``stream_buffer_bytes`` bounds what one request's stream may hold here while its
+    consumer does not take it; past it the request is cancelled and fails (408).
+    """
+
+    def __init__(
+        self,
+        hello: Hello,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream_buffer_bytes: int = STREAM_BUFFER_BYTES,
+    ):
         self.hello = hello
         self.actor_id = hello.actor_id
         self.pid = hello.pid
         self._reader = reader
         self._writer = writer
+        self._stream_buffer_bytes = stream_buffer_bytes
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._streams: dict[str, asyncio.Queue[GenerationEvent]] = {}
+        self._streams: dict[str, _Inbox] = {}
         self._task: asyncio.Task | None = None
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.on_message: Callable[[ActorHandle, Message], None] = lambda h, m: None
@@ -55,11 +108,17 @@ class ActorHandle:
         return not self.closed.done()
 
     async def tell(self, msg: Message) -> None:
+        """Send ``msg``; an actor that does not take it within SEND_TIMEOUT is lost."""
         if not self.is_open:
             raise ActorGone(self.actor_id)
         write_message(self._writer, msg)
         try:
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), SEND_TIMEOUT)
+        except TimeoutError as exc:
+            log.error("actor_not_reading", actor_id=self.actor_id, timeout=SEND_TIMEOUT)
+            self._fail_all(f"not reading its socket for {SEND_TIMEOUT:.0f} s")
+            self._writer.transport.abort()
+            raise ActorGone(self.actor_id) from exc
         except ConnectionError as exc:
             raise ActorGone(self.actor_id) from exc
 
@@ -80,13 +139,13 @@ class ActorHandle:
         Leaving the iteration early (client gone) cancels the request on the actor.
         """
         rid = request.request_id
-        queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self._streams[rid] = queue
+        inbox = _Inbox()
+        self._streams[rid] = inbox
         done = False
         try:
             await self.tell(Generate(request=request))
             while True:
-                event = await queue.get()
+                event = await inbox.get()
                 yield event
                 if isinstance(event, (Finished, GenerationFailed)):
                     done = True
@@ -96,7 +155,7 @@ class ActorHandle:
             yield _lost(rid, self.actor_id)
         finally:
             self._streams.pop(rid, None)
-            if not done and self.is_open:
+            if not done and not inbox.overflowed and self.is_open:
                 try:
                     await self.tell(Cancel(request_id=rid))
                 except ActorGone:
@@ -108,16 +167,23 @@ class ActorHandle:
 
     async def close(self, reason: str = "closed") -> None:
         self._fail_all(reason)
-        self._writer.close()
+        self._close_writer()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
+
+    def _close_writer(self) -> None:
+        # close() would wait, unbounded, for a peer that is not reading to take the
+        # buffered bytes; the connection is over, so they are dropped instead.
+        if self._writer.transport.get_write_buffer_size():
+            self._writer.transport.abort()
+        else:
+            self._writer.close()
 
     async def _read_loop(self) -> None:
         reason = "connection closed"
         try:
             while True:
-                msg = await read_message(self._reader)
-                self._dispatch(msg)
+                self._dispatch(await read_body(self._reader))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except (FrameError, ValueError) as exc:
@@ -127,25 +193,53 @@ class ActorHandle:
             reason = "closed by supervisor"
         finally:
             self._fail_all(reason)
-            self._writer.close()
+            self._close_writer()
 
-    def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, (TokenDelta, Finished, GenerationFailed)):
-            queue = self._streams.get(msg.request_id)
-            if queue is not None:
-                queue.put_nowait(msg)
+    def _dispatch(self, body: bytes) -> None:
+        where = route(body)
+        if where.t in STREAM_EVENTS:
+            inbox = self._streams.get(where.request_id)
+            if inbox is not None and not inbox.overflowed:
+                inbox.put(body)
+                if inbox.bytes > self._stream_buffer_bytes and where.t == "TokenDelta":
+                    self._too_slow(where.request_id, inbox)
             return
+        msg = decode(body)
         if isinstance(msg, Pong):
             fut = self._pending.get(msg.corr_id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         self.on_message(self, msg)
 
+    def _too_slow(self, rid: str, inbox: _Inbox) -> None:
+        """The request's consumer stopped taking events: cancel it, free them, fail it."""
+        held = inbox.bytes
+        inbox.overflowed = True
+        message = (
+            f"the client read too slowly: {held} bytes of this stream were waiting, more than "
+            f"stream_buffer_bytes ({self._stream_buffer_bytes}); the request was cancelled"
+        )
+        failure = GenerationFailed(
+            rid, message, retryable=False, status=CLIENT_TOO_SLOW, code="client_too_slow"
+        )
+        inbox.replace_with(failure)
+        log.warning(
+            "client_too_slow",
+            request_id=rid,
+            actor_id=self.actor_id,
+            bytes=held,
+            limit=self._stream_buffer_bytes,
+        )
+        if self.is_open and not self._writer.transport.is_closing():
+            # No drain: a few bytes, from a callback; tell()'s timeout guards the socket.
+            write_message(self._writer, Cancel(request_id=rid))
+
     def _fail_all(self, reason: str) -> None:
         if not self.closed.done():
             self.closed.set_result(reason)
-        for rid, queue in list(self._streams.items()):
-            queue.put_nowait(_lost(rid, self.actor_id, reason))
+        for rid, inbox in list(self._streams.items()):
+            if not inbox.overflowed:
+                inbox.put(_lost(rid, self.actor_id, reason))
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ActorGone(self.actor_id))

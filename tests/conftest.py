@@ -77,7 +77,8 @@ class RunningSupervisor:
         env: dict[str, str] | None = None,
     ):
         self.port = free_port()
-        hostfile = {**hostfile, "api": {"host": "127.0.0.1", "port": self.port}}
+        api = {**hostfile.get("api", {}), "host": "127.0.0.1", "port": self.port}
+        hostfile = {**hostfile, "api": api}  # a test's limits kept, its address replaced
         self.hostfile_path = tmp / "hostfile.json"
         self.hostfile_path.write_text(json.dumps(hostfile))
         self.log_path = tmp / "supervisor.log"
