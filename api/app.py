@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import hmac
+import getpass
 import inspect
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from litestar import Litestar, Response, Router, get
-from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException
-from litestar.handlers.base import BaseRouteHandler
+from litestar import Litestar, Request, Response, Router, get
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.types import ControllerRouterHandler, Guard, LifespanHook
+from litestar.types import ControllerRouterHandler, LifespanHook
 
 from api.errors import handle_exception
+from api.guards import HostCheck, Keys, inference_guards, is_admin
+from api.redaction import redact, ssh_users
 from api.routes_ollama import ollama_root, ollama_root_head, ollama_router
 from api.routes_openai import ERROR_RESPONSES, openai_router
 from supervisor.service import GenerationService
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
 HealthSource = Callable[[], Any]  # returns (status code, dict) (or an awaitable of it)
-
-
-def require_api_key(api_key: str) -> Guard:
-    """A guard that admits only ``Authorization: Bearer <api_key>``."""
-    expected = api_key.encode()
-
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            raise NotAuthorizedException(
-                "missing or wrong API key; send the header 'Authorization: Bearer <key>'"
-            )
-
-    return guard
 
 
 async def _call(source: Callable[[], Any]) -> Any:
@@ -48,10 +35,15 @@ def create_app(
     status: StatusSource,
     health: HealthSource,
     api_key: str | None = None,
+    keys: Keys | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    cors_origins: Sequence[str] = (),
+    warnings: Sequence[str] = (),
     on_startup: Sequence[LifespanHook] = (),
     on_shutdown: Sequence[LifespanHook] = (),
     route_handlers: Sequence[ControllerRouterHandler] = (),
-    api_route_handlers: Sequence[ControllerRouterHandler] = (),
+    admin_route_handlers: Sequence[ControllerRouterHandler] = (),
+    max_body_bytes: int = 8 * 1024 * 1024,
 ) -> Litestar:
     """Build the HTTP app over ``service``.
 
@@ -59,10 +51,18 @@ def create_app(
     body of ``GET /health``. With ``api_key`` set, ``/v1/*`` and ``/api/*`` (OpenAI's and
     Ollama's endpoints) require ``Authorization: Bearer <api_key>``; ``/health``, ``/schema``
     and Ollama's ``/`` probe stay open.
-    ``route_handlers`` are mounted at the root as they are; ``api_route_handlers`` under
-    ``/api`` behind the same key.
+    ``keys`` (else ``api_key`` and an admin key nobody knows) are checked by the guards of
+    api/guards.py; the admin key is accepted wherever the inference key is. Without it,
+    status and health hide user names and paths.
+    ``route_handlers`` are mounted at the root as they are; ``admin_route_handlers`` under
+    ``/api``, outside the inference key (they carry their own guards).
+    ``allowed_hosts`` not None: a ``Host`` header naming neither loopback nor one of these
+    gets 403 (set it when the API listens on loopback). ``cors_origins``: the browser
+    origins allowed; none, CORS stays off. ``warnings`` are shown in the status.
     """
-    guards = [require_api_key(api_key)] if api_key else []
+    keys = keys or Keys(admin=secrets.token_urlsafe(32), api=api_key)  # nobody is admin
+    guards = inference_guards(keys)
+    me = getpass.getuser()
 
     @get(
         "/health",
@@ -70,9 +70,9 @@ def create_app(
         tags=["cluster"],
         responses={503: ResponseSpec(dict, description="Not ready to serve, or draining")},
     )
-    async def health_check() -> Response[dict]:
+    async def health_check(request: Request) -> Response[dict]:
         code, body = await _call(health)
-        return Response(body, status_code=code)
+        return Response(body if is_admin(request, keys) else redact(body, [me]), status_code=code)
 
     @get(
         "/cluster/status",
@@ -80,15 +80,25 @@ def create_app(
         tags=["cluster"],
         responses={401: ERROR_RESPONSES[401]},
     )
-    async def cluster_status() -> dict:
-        return await _call(status)
+    async def cluster_status(request: Request) -> dict:
+        body = {**await _call(status), "warnings": list(warnings)}
+        return body if is_admin(request, keys) else redact(body, {me, *ssh_users(body)})
 
-    api = Router("/api", route_handlers=[cluster_status, *api_route_handlers], guards=guards)
-    return Litestar(
+    api = Router("/api", route_handlers=[cluster_status], guards=guards)
+    admin = Router("/api", route_handlers=list(admin_route_handlers))
+    cors = None
+    if cors_origins:
+        cors = CORSConfig(
+            allow_origins=list(cors_origins),
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["x-served-by", "Retry-After"],
+        )
+    app = Litestar(
         route_handlers=[
             openai_router(service, guards),
             ollama_router(service, guards),
             api,
+            admin,
             health_check,
             ollama_root,
             ollama_root_head,
@@ -101,4 +111,11 @@ def create_app(
         # Logging is the supervisor's (structlog); errors are logged by handle_exception.
         logging_config=None,
         debug=False,
+        request_max_body_size=max_body_bytes,  # larger: 413, announced or chunked
+        cors_config=cors,
     )
+    if allowed_hosts is not None:
+        # Around Litestar's whole handler (router, CORS, 404s), not a route middleware,
+        # so that no answer at all goes to a page that rebound its name to loopback.
+        app.asgi_handler = HostCheck(app.asgi_handler, allowed_hosts)
+    return app

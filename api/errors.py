@@ -10,13 +10,16 @@ from litestar import Request, Response
 from litestar.exceptions import (
     ClientException,
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
     ValidationException,
 )
+from litestar.utils.scope.state import ScopeState
 
 from actors.protocol import GenerationFailed
+from api.limits import MAX_SCHEMA_DEPTH, too_deep_field
 from api.openai_models import error_body
 from supervisor.service import ServiceError
 
@@ -34,6 +37,7 @@ _TYPE_WORDS = {
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _ROOT_KEYS = ("", "data", None)
+_GONE_MID_BODY = "client disconnected prematurely"  # Litestar's words
 
 
 def _type_words(match: re.Match) -> str:
@@ -75,8 +79,16 @@ def failure_error(event: GenerationFailed) -> ServiceError:
     """A generation that failed before anything was sent, as the ServiceError to answer with."""
     error = ServiceError(event.message, retry_after=1 if event.retryable else None)
     error.status = event.status
-    error.code = "generation_failed"
+    error.code = event.code or "generation_failed"
     return error
+
+
+def _too_deep(request: Request) -> Response:
+    body = ScopeState.from_scope(request.scope).body  # read already: decoding it failed
+    field = too_deep_field(body) if isinstance(body, bytes) else None
+    where = field or "request body"
+    message = f"{where}: nested too deeply; schemas may nest at most {MAX_SCHEMA_DEPTH} levels"
+    return Response(error_body(400, message, param=field), status_code=400)
 
 
 def handle_exception(request: Request, exc: Exception) -> Response:
@@ -92,6 +104,11 @@ def handle_exception(request: Request, exc: Exception) -> Response:
         return Response(error_body(400, message, param=param), status_code=400)
     if isinstance(exc, ClientException) and str(exc.detail).startswith("JSON is malformed"):
         return Response(error_body(400, "request body is not valid JSON"), status_code=400)
+    if isinstance(exc, ClientException) and "UTF-8" in str(exc.detail):
+        message = "request body is not valid UTF-8; send JSON text encoded as UTF-8"
+        return Response(error_body(400, message), status_code=400)
+    if isinstance(exc, RecursionError):  # msgspec, decoding a body nested ~1000 levels deep
+        return _too_deep(request)
     if isinstance(exc, NotAuthorizedException):
         body = error_body(401, str(exc.detail), code="invalid_api_key")
         return Response(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
@@ -103,6 +120,14 @@ def handle_exception(request: Request, exc: Exception) -> Response:
         headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
         body = error_body(405, message, code="method_not_allowed")
         return Response(body, status_code=405, headers=headers)
+    if isinstance(exc, HTTPException) and exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        message = f"request body is larger than {limit} bytes (the hostfile's api.max_body_bytes)"
+        return Response(error_body(413, message), status_code=413)
+    if isinstance(exc, InternalServerException) and exc.detail == _GONE_MID_BODY:
+        # The client hung up, or its body timed out (api.body_timeout): nobody to answer.
+        log.info("api.client_gone_mid_body", method=request.method, path=request.url.path)
+        return Response(error_body(400, "the request body ended early"), status_code=400)
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         return Response(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code)
     log.exception("api.unhandled_error", method=request.method, path=request.url.path)

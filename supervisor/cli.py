@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -16,9 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import structlog
-import uvicorn
 
-from supervisor import cli_membership
+from supervisor import cli_admin, cli_membership
 from supervisor.hostfile import HostfileError, apply_overrides, load_hostfile
 from supervisor.logs import configure_logging
 
@@ -58,15 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--pidfile", help="where to write the PID (default: the cache dir, by API port)"
     )
-    stop = sub.add_parser("stop", help="drain and stop the supervisor running on this machine")
+    stop = sub.add_parser(
+        "stop", help="drain and stop a supervisor (this machine's, or another's with its admin key)"
+    )
     stop.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
     stop.add_argument("--pidfile", help="the pidfile `start` wrote (default: from --url's port)")
     stop.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for it to exit")
+    cli_admin.add_admin_key(stop)
     for name, text in (("status", "cluster status"), ("nodes", "nodes and their actors")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         p.add_argument("--api-key", default=None)
+        cli_admin.add_admin_key(p)  # with it, status shows user names and paths
     cli_membership.add_parsers(sub)
     return parser
 
@@ -83,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    """A supervisor on this machine gets SIGTERM by its pidfile; one elsewhere (or one with
+    no pidfile here, given a key) gets ``POST /api/cluster/stop`` with the admin key."""
+    from supervisor.credentials import ADMIN_KEY_ENV, is_loopback_url
     from supervisor.pidfile import StopError, default_pidfile, port_of, stop_supervisor
 
     try:
         path = Path(args.pidfile) if args.pidfile else default_pidfile(port_of(args.url))
+        keyed = args.admin_key is not None or ADMIN_KEY_ENV in os.environ
+        if not args.pidfile and (not is_loopback_url(args.url) or keyed and not path.exists()):
+            return cli_admin.stop_over_http(args)
         pid = stop_supervisor(path, args.timeout)
     except StopError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
@@ -110,6 +118,13 @@ def _start(args: argparse.Namespace) -> int:
     except GroupConfigError as exc:
         print(f"supervisor: {spec.source}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from supervisor.credentials import CredentialError, credentials_for
+
+    try:
+        credentials = credentials_for(spec, os.environ)
+    except CredentialError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.log_format or spec.log_format)
     try:
         sock = _bind(spec.api.host, spec.api.port)
@@ -119,13 +134,28 @@ def _start(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from supervisor.credentials import admin_key_file, join_token_file, remove_secret, write_secret
     from supervisor.pidfile import default_pidfile, remove_pidfile, write_pidfile
 
     pidfile = Path(args.pidfile) if args.pidfile else default_pidfile(sock.getsockname()[1])
     write_pidfile(pidfile)
+    key_files = [
+        (admin_key_file(pidfile), credentials.admin_key),
+        (join_token_file(pidfile), credentials.join_token),
+    ]
     try:
-        return asyncio.run(_serve(spec, sock, args.drain_timeout))
+        for path, value in key_files:
+            write_secret(path, value)  # mode 0600: where the local CLI finds them
+        structlog.get_logger().info(
+            "credentials_written",
+            admin_key_file=str(key_files[0][0]),
+            join_token_file=str(key_files[1][0]),
+            admin_key="generated" if credentials.admin_key_generated else "configured",
+        )
+        return asyncio.run(_serve(spec, sock, args.drain_timeout, credentials))
     finally:
+        for path, value in key_files:
+            remove_secret(path, value)
         remove_pidfile(pidfile)
 
 
@@ -139,10 +169,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
+async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -> int:
     from api.app import create_app
+    from api.guards import Keys
+    from api.openai_models import error_body
+    from api.openai_models import json_encoder as encoder
     from api.routes_cluster import cluster_router
     from supervisor.cluster import Cluster
+    from supervisor.credentials import exposure_warnings, is_loopback, join_address
+    from supervisor.http_server import make_server
     from supervisor.membership import ClusterMembership
 
     log = structlog.get_logger()
@@ -150,37 +185,69 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float) -> int:
     await cluster.start()
     membership = ClusterMembership(cluster, unreachable_grace=spec.membership.unreachable_grace)
     watch = asyncio.create_task(membership.watch_unreachable())
+    stop, now = asyncio.Event(), asyncio.Event()  # first signal: drain; second: stop now
+    received: list[str] = []
+    keys = Keys(credentials.admin_key, credentials.join_token, credentials.api_key)
+    warnings = exposure_warnings(spec.api.host, credentials.api_key)
     app = create_app(
         cluster.service,
         status=cluster.state.snapshot,
         health=cluster.state.health,
-        api_key=spec.api_key or os.environ.get("MLXS_API_KEY"),
-        api_route_handlers=[cluster_router(membership)],
+        keys=keys,
+        allowed_hosts=spec.allowed_hosts if is_loopback(spec.api.host) else None,
+        cors_origins=spec.cors_origins,
+        warnings=warnings,
+        admin_route_handlers=[
+            cluster_router(
+                membership,
+                keys,
+                stop=lambda: (received.append("POST /api/cluster/stop"), stop.set()),
+                join_address=join_address(spec.api.host, sock.getsockname()[1]),
+            )
+        ],
+        max_body_bytes=spec.api.max_body_bytes,
     )
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = _Server(config)
-    stop = asyncio.Event()
+    server = make_server(app, spec.api, lambda code, text: encoder.encode(error_body(code, text)))
     loop = asyncio.get_running_loop()
-    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        if stop.is_set() and not now.is_set():
+            log.warning("stopping_now", reason=f"second {sig.name}: no more draining")
+            now.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     host, port = sock.getsockname()[:2]
     log.info("api_listening", host=host, port=port, url=f"http://{host}:{port}")
+    for warning in warnings:
+        log.warning("api_exposed", message=warning)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     await asyncio.wait(
         [serving, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
     )
     why = received[0] if received else f"the HTTP server ended ({_outcome(serving)})"
     log.info("stopping", drain_timeout=drain_timeout, reason=why)
-    await cluster.drain(drain_timeout)
+    await _unless(now, cluster.drain(drain_timeout))
     server.should_exit = True
-    with contextlib.suppress(Exception):
-        await serving
+    await _unless(now, serving)
     watch.cancel()
-    await cluster.stop()
+    await _unless(now, membership.close())  # removals of unreachable joined nodes under way
+    await _unless(now, cluster.stop())
+    if now.is_set():
+        await cluster.stop(grace=0)  # what is left is killed by PID, without the grace
     return 0
+
+
+async def _unless(now: asyncio.Event, work) -> None:
+    """Await ``work`` unless ``now`` is set first (a second signal): then cancel it."""
+    task = asyncio.ensure_future(work)
+    interrupt = asyncio.ensure_future(now.wait())
+    await asyncio.wait([task, interrupt], return_when=asyncio.FIRST_COMPLETED)
+    interrupt.cancel()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)  # its outcome was logged, if any
 
 
 def _outcome(task: asyncio.Task) -> str:
@@ -192,18 +259,15 @@ def _outcome(task: asyncio.Task) -> str:
     return "returned" if error is None else f"{type(error).__name__}: {error}"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's Server without its signal capture: the supervisor owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
 def _show(args: argparse.Namespace) -> int:
     request = urllib.request.Request(args.url.rstrip("/") + "/api/cluster/status")
-    if args.api_key:
-        request.add_header("Authorization", f"Bearer {args.api_key}")
+    try:
+        key = cli_admin.admin_key(args, args.url) or args.api_key
+    except cli_admin.Refused as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             status = json.load(response)

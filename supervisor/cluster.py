@@ -75,7 +75,14 @@ class Cluster:
         r = spec.restart
         self._timeouts = Timeouts(heartbeat=r.heartbeat_timeout, watchdog=r.watchdog_interval)
         self._control_host = spec.control.host or "127.0.0.1"
-        self.control = ControlServer(self._token, self._control_host, spec.control.port)
+        self.control = ControlServer(
+            self._token,
+            self._control_host,
+            spec.control.port,
+            stream_buffer_bytes=spec.stream_buffer_bytes,
+            max_pending=spec.control.max_pending,
+            max_hello_bytes=spec.control.max_hello_bytes,
+        )
         self._spawner_for = spawner_for or self._default_spawner
         self._local = LocalSpawner()
         self._remote: dict[str, Spawner] = {}  # one SSHSpawner per node, by name
@@ -86,8 +93,17 @@ class Cluster:
         self._task_of: dict[str, asyncio.Task] = {}  # supervisor name -> its run task
         self._port = 0
         self.service = ClusterService(
-            self.state, self.groups, queue_limit=spec.queue_limit, router=spec.router
+            self.state,
+            self.groups,
+            queue_limit=spec.queue_limit,
+            router=spec.router,
+            ready_wait=spec.ready_wait,
         )
+
+    @property
+    def control_host(self) -> str:
+        """The address actors dial back to (loopback unless control.host says otherwise)."""
+        return self._control_host
 
     def _default_spawner(self, host: HostSpec) -> Spawner:
         if is_local(host):
@@ -195,12 +211,10 @@ class Cluster:
             up = state == "ready"
             # An SSH spawner knows why its host is unreachable (host key, refused, timeout).
             unreachable = getattr(spawner, "last_error", None)
+            # "waiting": the host did not answer; its supervisor tries again with the backoff.
+            shown = {"ready": "up", "failed": "down", "waiting": "unreachable"}
             self.state.apply(
-                NodeStatus(
-                    node,
-                    "up" if up else "down" if state == "failed" else "connecting",
-                    "" if up else unreachable or state,
-                )
+                NodeStatus(node, shown.get(state, "connecting"), "" if up else unreachable or state)
             )
 
         sup.on_state = on_state
@@ -285,8 +299,9 @@ class Cluster:
             await asyncio.sleep(0.05)
         return True
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop every actor; what has not exited after ``grace`` s is killed by PID."""
+        await asyncio.gather(*(s.stop(grace) for s in self.supervisors), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.control.close()
         if self._remote:

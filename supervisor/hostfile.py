@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from supervisor import hostfile_validation as checks
+from supervisor.hostfile_errors import explain_json_error, explain_validation_error
 from supervisor.hostfile_validation import Problem
 from supervisor.mlx_launch import RING_STARTING_PORT as RING_STARTING_PORT
 from supervisor.mlx_launch import JacclEnv as JacclEnv
@@ -67,7 +68,9 @@ class RestartSpec(_Written):
     period: Seconds = 60.0
     backoff_initial: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     backoff_max: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    heartbeat_timeout: Seconds = 3.0
+    # Heartbeats come every 1 s; 2 s tolerates one late beat. Measured under 32 streams and a
+    # test run at load 9: longest silence 1.02 s (docs/benchmarks.md, ops/chaos).
+    heartbeat_timeout: Seconds = 2.0
     watchdog_interval: Seconds = 30.0
     comment: Comment = None
 
@@ -150,7 +153,7 @@ class ClusterFile(_Written):
     admin_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
-    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+    stream_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 1024 * 1024
     ready_wait: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     log_format: LogFormat = "json"
     parallel: Parallel = "tensor"
@@ -203,7 +206,7 @@ class ClusterSpec(_Spec):
     admin_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
-    stream_buffer_bytes: int = 4 * 1024 * 1024
+    stream_buffer_bytes: int = 1024 * 1024
     ready_wait: float = 30.0
     log_format: LogFormat = "json"
     ssh: SSHSpec = SSHSpec()
@@ -241,10 +244,10 @@ def parse_hostfile(data: bytes, name: str) -> ClusterSpec:
     try:
         document = msgspec.json.decode(data, type=HostfileDocument)
     except msgspec.ValidationError as exc:
-        detail = checks.explain_validation_error(str(exc), HostfileDocument)
+        detail = explain_validation_error(str(exc), HostfileDocument)
         raise HostfileError(f"{name}: {detail}") from None
     except msgspec.DecodeError as exc:
-        raise HostfileError(f"{name}: {checks.explain_json_error(str(exc), data)}") from None
+        raise HostfileError(f"{name}: {explain_json_error(str(exc), data)}") from None
     if isinstance(document, list):
         document = ClusterFile(hosts=tuple(document))
     try:

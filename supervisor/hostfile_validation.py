@@ -1,14 +1,12 @@
-"""Hostfile checks beyond field types, and msgspec errors rewritten as one-line hints."""
+"""Hostfile checks beyond field types (msgspec's own errors: supervisor/hostfile_errors.py)."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
-import msgspec.inspect as mi
 
 if TYPE_CHECKING:
     from supervisor.hostfile import ControlSpec, HostSpec
@@ -27,91 +25,6 @@ class Problem(Exception):
 def is_local_ssh(ssh: str) -> bool:
     """True when ``ssh`` names this machine, so the host is spawned without SSH."""
     return ssh.strip().lower() in LOCAL_SSH
-
-
-# -- msgspec errors ---------------------------------------------------------------------------
-
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
-_QUOTED = re.compile(r"`([^`]*)`")
-_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_BYTE = re.compile(r"\s*\(byte (\d+)\)$")
-
-
-def explain_validation_error(message: str, root: object) -> str:
-    """Rewrite a msgspec ValidationError as ``$.path: what is expected``."""
-    match = _AT.match(message)
-    what, path = match["what"], match["path"] or "$"
-    if path == "$" and what.startswith("Expected `object | array`"):
-        got = what.rsplit("`", 2)[-2]
-        return f'$: expected a JSON list of hosts or an object with "hosts", got {got}'
-    if what.startswith("Object contains unknown field"):
-        key = _QUOTED.search(what)[1]
-        return f'{path}: unknown key "{key}"{_key_hint(key, _keys_at(root, path))}'
-    if what.startswith("Object missing required field"):
-        return f'{path}: missing required key "{_QUOTED.search(what)[1]}"'
-    if what.startswith("Invalid enum value"):
-        value = what.removeprefix("Invalid enum value ").strip().strip("'")
-        choices = ", ".join(f'"{c}"' for c in _choices_at(root, path))
-        return f'{path}: invalid value "{value}"; expected one of {choices}'
-    return f"{path}: {what.replace('`', '')}"
-
-
-def explain_json_error(message: str, data: bytes) -> str:
-    """Rewrite a msgspec DecodeError as ``invalid JSON at line L, column C: reason``."""
-    if message == "Input data was truncated":
-        return "invalid JSON: the file ends early (an unclosed bracket, brace or string?)"
-    reason = message.removeprefix("JSON is malformed: ")
-    found = _BYTE.search(reason)
-    if not found:
-        return f"invalid JSON: {reason}"
-    offset = int(found[1])
-    before = data[:offset]
-    line = before.count(b"\n") + 1
-    column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
-    return f"invalid JSON at line {line}, column {column}: {reason[: found.start()]}"
-
-
-def _key_hint(key: str, known: Sequence[str]) -> str:
-    if not known:
-        return ""
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f'; did you mean "{close[0]}"?'
-    return "; expected one of " + ", ".join(f'"{k}"' for k in known)
-
-
-def _type_at(root: object, path: str) -> mi.Type | None:
-    """The msgspec type found at a ``$.a[0].b`` path under ``root``, or None."""
-    node = mi.type_info(root)
-    for field, index in _PATH_TOKEN.findall(path.removeprefix("$")):
-        node = _pick(node, want_struct=bool(field))
-        if field and isinstance(node, mi.StructType):
-            node = next((f.type for f in node.fields if f.encode_name == field), None)
-        elif index and isinstance(node, mi.ListType | mi.VarTupleType):
-            node = node.item_type
-        else:
-            return None
-    return node
-
-
-def _pick(node: mi.Type | None, *, want_struct: bool) -> mi.Type | None:
-    if not isinstance(node, mi.UnionType):
-        return node
-    kinds = mi.StructType if want_struct else (mi.ListType, mi.VarTupleType)
-    return next((t for t in node.types if isinstance(t, kinds)), None)
-
-
-def _keys_at(root: object, path: str) -> list[str]:
-    node = _pick(_type_at(root, path), want_struct=True)
-    if not isinstance(node, mi.StructType):
-        return []
-    return [f.encode_name for f in node.fields]
-
-
-def _choices_at(root: object, path: str) -> list[str]:
-    node = _type_at(root, path)
-    members = node.types if isinstance(node, mi.UnionType) else (node,)
-    return [v for t in members if isinstance(t, mi.LiteralType) for v in t.values]
 
 
 # -- semantic checks --------------------------------------------------------------------------
@@ -144,11 +57,59 @@ def env_assignments(entries: Sequence[str], where: str) -> dict[str, str]:
     return env
 
 
-def check_env_keys(env: dict[str, str], where: str) -> None:
-    """Refuse environment names a shell could not export."""
+def check_env_keys(env: dict[str, str], where: str, *, from_request: bool = False) -> None:
+    """Refuse environment names a shell could not export, and over HTTP the start-up ones."""
     for key in env:
         if not ENV_KEY.fullmatch(key):
             raise Problem(f'{where} key "{key}" is not a valid variable name (letters, digits, _)')
+        if from_request and STARTUP_ENV.fullmatch(key):
+            raise Problem(
+                f'{where} key "{key}" changes how a shell, the loader or Python starts; '
+                "only the hostfile may set it"
+            )
+
+
+# Names that run code when a program starts, refused in a host that joins over HTTP (the
+# hostfile, written by the operator, may set them). The issue's list: BASH_ENV, ENV, LD_*,
+# DYLD_*, PYTHON*, PATH. Also: SHELLOPTS/BASHOPTS/PS4 (xtrace runs PS4's $(...)) and
+# BASH_FUNC_* (exported functions) for a bash that gets started; HOME (Python runs the .pth
+# files of ~/.local's site-packages); GCONV_PATH and OPENSSL_* (glibc and OpenSSL load the
+# shared objects they name); MLXS_* (the supervisor's own channel to the actor).
+STARTUP_ENV = re.compile(
+    r"BASH_ENV|ENV|PATH|HOME|SHELLOPTS|BASHOPTS|PS4|GCONV_PATH"
+    r"|(LD_|DYLD_|PYTHON|BASH_FUNC_|OPENSSL_|MLXS_)[A-Za-z0-9_]*"
+)
+
+
+def check_host(host: HostSpec, where: str, *, from_request: bool = False) -> None:
+    """The one check of a host, written in the hostfile or joining over HTTP.
+
+    ``where`` prefixes messages (``host 2``; empty for a join). An empty ``name`` is one the
+    hostfile fills from ``ssh`` later; a join names its node before this check.
+    """
+    at = f"{where} " if where else ""
+    if host.name and not GROUP_NAME.fullmatch(host.name):
+        raise Problem(
+            f'{at}"name" "{host.name}" must start with a letter or digit and use only '
+            "letters, digits, '.', '_' and '-'"
+        )
+    check_ssh_target(host.ssh, where)
+    check_absolute(host.python, f'{at}"python"')
+    check_absolute(host.workdir, f'{at}"workdir"')
+    check_env_keys(host.env, f'{at}"env"', from_request=from_request)
+
+
+def check_absolute(path: str | None, where: str) -> None:
+    """``python`` and ``workdir``: absolute on that host (``~`` is its home), one line."""
+    if path is None:
+        return
+    if not path.isprintable():
+        raise Problem(f"{where} must not contain control characters (NUL, newline, ...)")
+    if not (path.startswith("/") or path == "~" or path.startswith("~/")):
+        raise Problem(
+            f'{where} "{path}" must be an absolute path on that host '
+            '(e.g. "/opt/venv/bin/python", or "~/mlx-supervisor" under its home)'
+        )
 
 
 def check_ssh_target(ssh: str, where: str) -> None:
@@ -160,7 +121,7 @@ def check_ssh_target(ssh: str, where: str) -> None:
     try:
         parse_ssh_target(ssh)
     except SSHTargetError as exc:
-        raise Problem(f'{where} "ssh": {exc}') from None
+        raise Problem(f'{where} "ssh": {exc}'.lstrip()) from None
 
 
 def check_port_clashes(groups: Sequence[tuple[str, Sequence[str]]]) -> None:
@@ -233,8 +194,7 @@ def name_hosts(hosts: Sequence[HostSpec]) -> tuple[HostSpec, ...]:
     seen: dict[str, int] = {}
     named = []
     for i, host in enumerate(hosts):
-        check_env_keys(host.env, f'host {i} "env"')
-        check_ssh_target(host.ssh, f"host {i}")
+        check_host(host, f"host {i}")
         if host.name:
             if host.name in seen:
                 raise Problem(
@@ -281,8 +241,7 @@ def resolve_hosts(
             hosts.append(top[found[0]])
             indices.append(found[0])
         else:
-            check_env_keys(item.env, f'{where} host {j} "env"')
-            check_ssh_target(item.ssh, f"{where} host {j}")
+            check_host(item, f"{where} host {j}")
             hosts.append(with_name(item))
             indices.append(None)
     if not hosts:
@@ -382,14 +341,21 @@ def distinct_nodes(groups_hosts: Sequence[Sequence[HostSpec]]) -> tuple[HostSpec
     return tuple(nodes.values())
 
 
+def loopback_control(control_host: str, remote: str) -> str:
+    """Why host ``remote`` cannot dial back to ``control_host``; one line, the fix included.
+
+    Said by the hostfile check and by ``add-host`` alike.
+    """
+    return (
+        f'control.host "{control_host}" is a loopback address but host "{remote}" is '
+        "remote; set control.host to this machine's address on the cluster network"
+    )
+
+
 def check_control(control: ControlSpec, nodes: Sequence[HostSpec]) -> None:
     """Remote actors cannot dial back to a loopback control address."""
     if control.host is None or control.host.strip().lower() not in LOOPBACK:
         return
     remote = next((h for h in nodes if not is_local_ssh(h.ssh)), None)
     if remote is not None:
-        raise Problem(
-            f'control.host "{control.host}" is a loopback address but host "{remote.name}" is '
-            "remote; set control.host to this machine's address on the cluster network "
-            "or leave it out"
-        )
+        raise Problem(f"{loopback_control(control.host, remote.name)} or leave it out")

@@ -276,4 +276,4 @@ async def test_health_and_status_pass_through():
             health = await raw.get("/health")
             cluster = await raw.get("/api/cluster/status")
     assert (health.status_code, health.json()) == (503, {"status": "starting"})
-    assert cluster.json() == {"groups": [{"id": "g0", "state": "ready"}]}
+    assert cluster.json() == {"groups": [{"id": "g0", "state": "ready"}], "warnings": []}

@@ -210,7 +210,7 @@ async def test_api_key():
             assert (await raw.get("/health")).status_code == 200
             assert (await raw.get("/api/cluster/status")).status_code == 401
             ok = await raw.get("/api/cluster/status", headers={"Authorization": "Bearer sk-right"})
-            assert ok.json() == {"nodes": 1}
+            assert ok.json() == {"nodes": 1, "warnings": []}
         async with openai.AsyncOpenAI(
             base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0
         ) as client:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import psutil
 
+from supervisor.credentials import admin_key_file
+from supervisor.pidfile import default_pidfile
 from tests.conftest import demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"
@@ -60,7 +62,10 @@ def test_add_host_serves_without_disturbing_then_remove_host_drains(start_superv
 def test_join_from_the_new_machine(start_supervisor):
     sup = start_supervisor(demo_hostfile())
     sup.wait_healthy()
-    joined = run_cli("join", sup.url.removeprefix("http://"), "--ssh", "localhost", "--name", "j1")
+    printed = run_cli("join-token", "--url", sup.url)  # on the supervisor's machine
+    assert printed.returncode == 0, printed.stderr
+    _, _, address, _, token = printed.stdout.split()
+    joined = run_cli("join", address, "--token", token, "--ssh", "localhost", "--name", "j1")
     assert joined.returncode == 0, joined.stderr
     wait_for(lambda: group_state(sup, "j1") == "ready", 60, "the joined group to be ready")
     sup.remember_children()
@@ -89,7 +94,13 @@ def test_unreachable_host_is_removed_after_the_grace_period(start_supervisor):
 def test_bad_join_requests_are_clear(start_supervisor):
     sup = start_supervisor(demo_hostfile())
     sup.wait_healthy()
-    r = httpx.post(sup.url + "/api/cluster/hosts", json={"name": "x"}, timeout=10)
+    key = admin_key_file(default_pidfile(sup.port)).read_text().strip()
+    r = httpx.post(
+        sup.url + "/api/cluster/hosts",
+        json={"name": "x"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
     assert r.status_code == 400 and "ssh" in r.json()["error"]["message"]
     gone = run_cli("remove-host", "nobody", "--url", sup.url)
     assert gone.returncode == 2 and "no node 'nobody'" in gone.stderr

@@ -89,7 +89,7 @@ def test_bare_host_list_is_one_tensor_parallel_group_with_defaults():
         period=60,
         backoff_initial=0.5,
         backoff_max=30,
-        heartbeat_timeout=3,
+        heartbeat_timeout=2,
         watchdog_interval=30,
     )
     assert spec.router == RouterSpec(policy="least_loaded", session_ttl=600)
