@@ -160,7 +160,7 @@ class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     actor_id: str
     kind: str
     node: str
-    control_host: str
+    control_host: str  # "": the address of the SSH client this actor was started by
     control_port: int
     rank: int = 0
     world_size: int = 1

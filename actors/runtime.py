@@ -57,6 +57,17 @@ class Actor(Protocol):
     def stop(self) -> None: ...
 
 
+def ssh_client_address(environ) -> str:
+    """The supervisor's address as this machine sees it: the client of our SSH session."""
+    client = environ.get("SSH_CONNECTION", "").split()
+    if not client:
+        raise SystemExit(
+            "actors: no control host in the config and no $SSH_CONNECTION to take it from; "
+            'set "control": {"host": ...} in the hostfile to the supervisor\'s address'
+        )
+    return client[0]
+
+
 def load_config() -> tuple[ActorConfig, str, str]:
     """The config, the cluster token and this spawn's one-time nonce, from the environment."""
     raw = os.environ.get(CONFIG_ENV)
@@ -84,7 +95,9 @@ class ActorRuntime:
     def run(self) -> int:
         """Connect, greet, serve until Shutdown or the supervisor is gone; return an exit code."""
         cfg = self.config
-        self._channel = SocketChannel.connect(cfg.control_host, cfg.control_port)
+        self._channel = SocketChannel.connect(
+            cfg.control_host or ssh_client_address(os.environ), cfg.control_port
+        )
         hello = Hello(
             actor_id=cfg.actor_id,
             kind=cfg.kind,

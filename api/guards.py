@@ -81,30 +81,28 @@ def inference_guards(keys: Keys) -> list[Guard]:
 
 def require_admin(keys: Keys) -> Guard:
     """Routes that change the cluster: the admin key only. Missing: 401; any other: 403."""
-
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        token = bearer(connection)
-        if token is None:
-            raise NotAuthorizedException(ADMIN_MISSING)
-        admin = same_key(token, keys.admin)
-        joining = keys.join is not None and same_key(token, keys.join)
-        if not admin:
-            raise PermissionDeniedException(JOIN_ONLY if joining else ADMIN_WRONG)
-
-    return guard
+    return _require_bearer(keys, join_admitted=False)
 
 
 def require_join(keys: Keys) -> Guard:
     """Adding a host: the join token or the admin key."""
+    return _require_bearer(keys, join_admitted=True)
+
+
+def _require_bearer(keys: Keys, *, join_admitted: bool) -> Guard:
+    missing = JOIN_MISSING if join_admitted else ADMIN_MISSING
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         token = bearer(connection)
         if token is None:
-            raise NotAuthorizedException(JOIN_MISSING)
+            raise NotAuthorizedException(missing)
         admin = same_key(token, keys.admin)
         joining = keys.join is not None and same_key(token, keys.join)
-        if not (admin or joining):
+        if admin or (joining and join_admitted):
+            return
+        if join_admitted:
             raise PermissionDeniedException(JOIN_WRONG)
+        raise PermissionDeniedException(JOIN_ONLY if joining else ADMIN_WRONG)
 
     return guard
 

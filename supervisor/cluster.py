@@ -74,10 +74,15 @@ class Cluster:
         self._token = secrets.token_urlsafe(32)
         r = spec.restart
         self._timeouts = Timeouts(heartbeat=r.heartbeat_timeout, watchdog=r.watchdog_interval)
-        self._control_host = spec.control.host or "127.0.0.1"
+        # No control.host: loopback when every node is this machine; with remote nodes,
+        # every interface, and each remote actor dials back the address its SSH
+        # connection came from (a remote "127.0.0.1" would hand the token to itself).
+        self._remote_nodes = any(not is_local(n) for n in spec.nodes)
+        listen = spec.control.host or (None if self._remote_nodes else "127.0.0.1")
+        self._control_host = spec.control.host or ("0.0.0.0" if self._remote_nodes else "127.0.0.1")
         self.control = ControlServer(
             self._token,
-            self._control_host,
+            listen,
             spec.control.port,
             stream_buffer_bytes=spec.stream_buffer_bytes,
             max_pending=spec.control.max_pending,
@@ -102,8 +107,14 @@ class Cluster:
 
     @property
     def control_host(self) -> str:
-        """The address actors dial back to (loopback unless control.host says otherwise)."""
+        """The address the control port listens on ("0.0.0.0": every interface)."""
         return self._control_host
+
+    def _dial_address(self, host: HostSpec) -> str:
+        """What ``host``'s actors dial: control.host, loopback, or "" (their SSH client's)."""
+        if self.spec.control.host:
+            return self.spec.control.host
+        return "127.0.0.1" if is_local(host) else ""
 
     def _default_spawner(self, host: HostSpec) -> Spawner:
         if is_local(host):
@@ -188,7 +199,7 @@ class Cluster:
             actor_id=actor_id,
             kind=kind,
             node=node_name(host),
-            control_host=self._control_host,
+            control_host=self._dial_address(host),
             control_port=port,
             **extra,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class ControlServer:
     def __init__(
         self,
         token: str,
-        host: str = "127.0.0.1",
+        host: str | None = "127.0.0.1",
         port: int = 0,
         heartbeat_interval: float = 1.0,
         stream_buffer_bytes: int = STREAM_BUFFER_BYTES,
@@ -73,7 +74,12 @@ class ControlServer:
         return host, port
 
     async def start(self) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._on_connect, self._host, self._port)
+        """Listen on ``host`` (None: every interface, IPv4 and IPv6 on one port)."""
+        if self._host is None:
+            sock = _every_interface(self._port)
+            self._server = await asyncio.start_server(self._on_connect, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._on_connect, self._host, self._port)
         return self.address
 
     async def close(self) -> None:
@@ -170,6 +176,20 @@ class ControlServer:
         if not hmac.compare_digest(hello.nonce.encode(), expected.nonce.encode()):
             return f"wrong nonce for {hello.actor_id!r}: not the incarnation being started"
         return None
+
+
+def _every_interface(port: int) -> socket.socket:
+    """One listening socket for IPv4 and IPv6 alike (asyncio would bind a socket per family,
+    each on its own ephemeral port when ``port`` is 0); IPv4 only where IPv6 is off."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple = ("::", port)
+    except OSError:
+        sock, address = socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("0.0.0.0", port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
 
 
 async def _drain_and_close(writer: asyncio.StreamWriter) -> None:

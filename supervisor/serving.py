@@ -235,13 +235,15 @@ class ClusterService:
         return Hardware(hints.chip, hints.gpu_cores, hints.memory_gb, min(known))
 
     def _alive(self, model: str) -> list[ServedGroup]:
-        """Groups of ``model`` that serve or may serve soon: not failed, leaving or stopped."""
+        """Groups of ``model`` that serve or may serve soon: not failed, leaving or stopped,
+        nor ``waiting`` for a host that cannot be reached (that may take hours: a client
+        told so at once beats one held for ``ready_wait``)."""
         out = []
         for g in self._groups:
             view = self._state.groups.get(g.name)
             if g.model != model or g.failed or g.leaving or view is None:
                 continue
-            if view.state not in ("failed", "stopped"):
+            if view.state not in ("failed", "stopped", "waiting"):
                 out.append(g)
         return out
 

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from actors.runtime import ssh_client_address
 from supervisor.cluster import Cluster
 from supervisor.hostfile import HostSpec, parse_hostfile
 from supervisor.membership import ClusterMembership, dials_back_to
@@ -61,3 +62,54 @@ def test_dials_back_to_refuses_only_remote_hosts_behind_loopback(tmp_path, contr
     assert (problem is not None) is refused
     if refused:
         assert problem.endswith(f"{FIX} the supervisor") and "\n" not in problem
+
+
+def test_with_remote_nodes_and_no_control_host_remote_actors_dial_their_ssh_client(tmp_path):
+    spec = cluster_spec(
+        tmp_path,
+        hosts=[{"ssh": "localhost"}, {"ssh": "far", "name": "mac9"}],
+        groups=[{"hosts": [0]}, {"hosts": [1]}],
+    )
+    cluster = Cluster(spec)
+    assert cluster.control_host == "0.0.0.0"  # every interface: remote actors must reach it
+    local, remote = spec.nodes
+    assert cluster._dial_address(local) == "127.0.0.1"
+    assert cluster._dial_address(remote) == ""  # actors.runtime: the SSH client's address
+    # and a remote host may join such a cluster
+    assert dials_back_to(cluster.control_host, HostSpec(ssh="alice@192.0.2.8"), None) is None
+
+
+def test_an_explicit_control_host_is_what_every_actor_dials(tmp_path):
+    spec = cluster_spec(
+        tmp_path,
+        hosts=[{"ssh": "localhost"}, {"ssh": "far"}],
+        groups=[{"hosts": [0]}, {"hosts": [1]}],
+        control={"host": "10.0.0.9"},
+    )
+    cluster = Cluster(spec)
+    assert cluster.control_host == "10.0.0.9"
+    assert {cluster._dial_address(h) for h in spec.nodes} == {"10.0.0.9"}
+
+
+def test_a_local_only_cluster_listens_and_dials_on_loopback(tmp_path):
+    cluster = Cluster(cluster_spec(tmp_path))
+    assert cluster.control_host == "127.0.0.1"
+    assert cluster._dial_address(cluster.spec.nodes[0]) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("environ", "address"),
+    [
+        ({"SSH_CONNECTION": "192.168.1.10 51234 192.168.1.11 22"}, "192.168.1.10"),
+        ({"SSH_CONNECTION": "fe80::1%en0 51234 fe80::2%en0 22"}, "fe80::1%en0"),
+        ({"SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 2222"}, "127.0.0.1"),
+    ],
+)
+def test_a_remote_actor_takes_the_supervisor_address_from_its_ssh_session(environ, address):
+    assert ssh_client_address(environ) == address
+
+
+def test_no_ssh_session_and_no_control_host_is_a_clear_exit():
+    with pytest.raises(SystemExit) as exited:
+        ssh_client_address({})
+    assert 'set "control": {"host": ...}' in str(exited.value)

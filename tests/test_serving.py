@@ -141,7 +141,8 @@ async def test_a_request_that_lost_the_only_group_waits_for_it_to_restart():
     svc, (a,) = service("a")
     a.set("restarting")
     placing = asyncio.create_task(svc.place(request(), exclude=["a"]))
-    await asyncio.sleep(0)
+    await until(lambda: svc._state.router.decisions, 2, "a first look")
+    assert not placing.done()
     a.set("ready")
     assert await asyncio.wait_for(placing, 2) is a
 
@@ -203,3 +204,14 @@ def test_prompt_bytes_counts_utf8_text_of_messages_prompt_and_tools():
     tools = len(b'[{"name":"f","parameters":{"type":"object"}}]')
     assert prompt_bytes(chat) == 6 + tools
     assert prompt_bytes(GenerationRequest("r", MODEL, prompt="héllo")) == 6
+
+
+async def test_a_group_waiting_for_its_unreachable_host_is_503_at_once_with_the_reason():
+    svc, (a,) = service("a")
+    a._state.apply(GroupState("a", "waiting", "node n unreachable: connection refused"))
+    began = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await svc.place(request())
+    assert time.monotonic() - began < WAIT
+    assert "a waiting: node n unreachable: connection refused" in info.value.message
+    assert info.value.retry_after == RESTART_RETRY_AFTER
