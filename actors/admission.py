@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from mlx_lm.sample_utils import LogitsProcessor, Sampler
 
+from actors.checkpoints import segment_ends
 from actors.constrained import Constraint, GrammarTokenizer, constraint_for
 from actors.inbox import Prompted
 from actors.output import Output
@@ -117,6 +118,7 @@ class Sequence:
     processors: list[LogitsProcessor]  # penalties, bias, then the constraint's mask
     output: Output
     constraint: Constraint | None = None
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)  # (offset, kind)
     uid: int = -1
     cached_tokens: int = 0
     generated: int = 0
@@ -153,7 +155,7 @@ def render(request: GenerationRequest, model: ModelFacts) -> Prompted:
     """Template and tokenize ``request``'s prompt; any thread. Raises ValueError (400)."""
     prompt = render_prompt(model.tokenizer, request)
     check_context(len(prompt) + len(request.resume_tokens), model.context_length)
-    return Prompted(request, prompt)
+    return Prompted(request, prompt, segment_ends(model.tokenizer, request, prompt))
 
 
 def check_context(tokens: int, context_length: int) -> None:
@@ -193,6 +195,7 @@ def prepare_sequence(prompted: Prompted, model: ModelFacts) -> Sequence:
             model.tokenizer.detokenizer, request.stop, resume, tool_call_reader(request, model)
         ),
         constraint=constraint,
+        checkpoints=list(prompted.checkpoints),
     )
 
 

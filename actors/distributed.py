@@ -49,6 +49,7 @@ class SharedPlan(msgspec.Struct, frozen=True, omit_defaults=True):
     admit: list[Prompted] = []  # with rank 0's prompt tokens: no other rank renders one
     cancel: list[str] = []  # running request ids
     retire: list[int] = []  # batch uids of sequences that ended on a stop string
+    evict: list[int] = []  # prompt cache entry ids rank 0 evicted since its last plan
 
 
 def join_group(expected_size: int) -> Any:
@@ -100,7 +101,9 @@ def with_shared_seed(prompted: Prompted) -> Prompted:
     if sampling.temperature == 0 or sampling.seed is not None:
         return prompted
     seeded = msgspec.structs.replace(sampling, seed=secrets.randbits(63))
-    return Prompted(msgspec.structs.replace(request, sampling=seeded), prompted.prompt)
+    return msgspec.structs.replace(
+        prompted, request=msgspec.structs.replace(request, sampling=seeded)
+    )
 
 
 class Lockstep:
@@ -144,13 +147,16 @@ class Lockstep:
         """
         if self.leader:
             plan.admit = [with_shared_seed(r) for r in plan.admit]
-            changed = plan.admit or plan.cancel or plan.retire
-            self.share(SharedPlan(plan.admit, plan.cancel, plan.retire) if changed else None)
+            changed = plan.admit or plan.cancel or plan.retire or plan.evict
+            shared = SharedPlan(plan.admit, plan.cancel, plan.retire, plan.evict)
+            self.share(shared if changed else None)
             return plan
         shared = self.share(None)
         if shared is None:
             return StepPlan()
-        return StepPlan(admit=shared.admit, cancel=shared.cancel, retire=shared.retire)
+        return StepPlan(
+            admit=shared.admit, cancel=shared.cancel, retire=shared.retire, evict=shared.evict
+        )
 
     def share(self, plan: SharedPlan | None) -> SharedPlan | None:
         """Rank 0's plan on every rank (None: nothing new); followers pass None."""

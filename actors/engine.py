@@ -12,40 +12,34 @@ group must share, ``Lockstep.agree``), ``_apply()`` carries it out, then the bat
 A request alone in the engine runs as a ``Solo`` (``actors.solo``), which decodes like
 ``generate_step`` without the batch's bookkeeping, and joins the batch when a second
 request arrives. Ranks of a group make that choice from the same plans, so they agree.
+
+Prefixes (``actors.prefixes``): a sequence starts from the longest cached prefix, and
+one whose prefix a running prefill is about to store waits for it (``Prefixes.wait``).
 """
 
 from __future__ import annotations
 
 import gc
-import threading
 from typing import Any
 
 import mlx.core as mx
 import structlog
 
-from actors.admission import ModelFacts, Sequence, prepare_sequence, render
+from actors.admission import ModelFacts, Sequence, prepare_sequence
 from actors.batch import Batch
 from actors.constrained import GrammarTokenizer
 from actors.distributed import GroupFailure, GroupStopped, Lockstep
-from actors.inbox import Inbox, Prompted, StepPlan
+from actors.engine_calls import CallerSide
+from actors.inbox import Prompted, StepPlan
 from actors.outbox import Emit, Outbox
-from actors.prompt_cache import PromptCache
-from actors.protocol import Finished, GenerationRequest, Usage
+from actors.prefixes import Prefixes
+from actors.protocol import Finished, Usage
 from actors.solo import Solo, SoloToken
 
 log = structlog.get_logger()
 
-_COUNTERS = (
-    "peak_batch_size",
-    "progress",
-    "tokens_generated",
-    "prompt_tokens",  # prefilled, i.e. not served from the prompt cache
-    "requests_done",
-    "cache_hits",
-)
 
-
-class Engine:
+class Engine(CallerSide):
     """Serves ``GenerationRequest``s for one model from a dedicated thread."""
 
     def __init__(
@@ -57,10 +51,11 @@ class Engine:
         emit: Emit,
         max_batch: int = 32,
         coalesce_ms: float = 20.0,  # hostfile stream_interval_ms
-        prompt_cache_size: int = 16,
+        prompt_cache_bytes: int | None = None,  # None: default_budget(model)
+        prompt_cache_entries: int = 64,
         default_max_tokens: int = 512,
         context_length: int,
-        prefill_step_size: int = 2048,
+        prefill_step_size: int = 256,  # hostfile prefill_step_tokens: per step, whole batch
         grammar: GrammarTokenizer | None = None,
         lockstep: Lockstep | None = None,
     ) -> None:
@@ -71,7 +66,6 @@ class Engine:
         """
         self._lockstep = lockstep
         self._model = model
-        self._out = Outbox(emit, tokenizer, coalesce_ms)
         self._max_batch = max_batch
         self._prefill_step_size = prefill_step_size
         self._batch = Batch(
@@ -79,77 +73,37 @@ class Engine:
         )
         args = getattr(model, "args", None)
         self._vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
-        self._facts = ModelFacts(
+        facts = ModelFacts(
             tokenizer=tokenizer,
             vocab_size=self._vocab_size,
             context_length=context_length,
             default_max_tokens=default_max_tokens,
             grammar=grammar,
         )
-
-        # Shared with callers' threads: the inbox, and the counters under _lock.
-        self._inbox = Inbox()
-        self._wakeup = self._inbox.wakeup
-        self._lock = threading.Lock()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(facts, Outbox(emit, tokenizer, coalesce_ms))
 
         # Engine thread only.
         self._active: dict[str, Sequence] = {}
         self._retiring: list[int] = []
         self._solo: Solo | None = None  # the one sequence, when it runs alone
-        self._prompt_cache = PromptCache(model_name, prompt_cache_size)
+        self._prefixes = Prefixes(
+            model,
+            model_name,
+            max_bytes=prompt_cache_bytes,
+            max_entries=prompt_cache_entries,
+            active_bytes=self._kv_bytes,
+            leads=lockstep is None or lockstep.leader,
+            shares=lockstep is not None,
+        )
         self._eos_ids = frozenset(int(t) for t in getattr(tokenizer, "eos_token_ids", ()) or ())
 
-    # ------------------------------------------------------------------ caller side
+    @property
+    def prompt_cache_budget(self) -> int:
+        """The prefix cache's byte bound (with the running sequences' KV caches)."""
+        return self._prefixes.budget
 
-    def start(self) -> None:
-        """Start the engine thread."""
-        if self._thread is not None:
-            raise RuntimeError("engine already started")
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the thread; requests still running end with a retryable GenerationFailed."""
-        self._stopping.set()
-        self._wakeup.set()
-        if self._thread is None:
-            self._fail_all("engine stopped")  # never started: no MLX state to release
-        else:
-            self._thread.join(timeout)
-
-    def submit(self, request: GenerationRequest) -> None:
-        """Render and queue a request; its events arrive through ``emit``.
-
-        The prompt is templated and tokenized here, on the caller's thread: a long one
-        costs its sender time, not the batch (and one past the context never queues).
-        """
-        if self._stopping.is_set():
-            self._out.failed(request.request_id, "engine is stopped", 503, retryable=True)
-            return
-        try:
-            prompted = render(request, self._facts)
-        except Exception as error:  # the request's own fault: template, length
-            self._reject(request.request_id, error)
-            return
-        if not self._inbox.put(prompted):
-            self._out.failed(request.request_id, "engine is stopped", 503, retryable=True)
-
-    def cancel(self, request_id: str) -> None:
-        """End a request as "cancelled" at the next step; unknown ids are ignored."""
-        self._inbox.cancel(request_id)
-
-    def vitals(self) -> dict[str, int]:
-        """Fields of ``actors.protocol.Vitals``; ``progress`` moves per prefill chunk and token."""
-        with self._lock:
-            return {
-                **self._counters,
-                "active_requests": len(self._active),
-                "queued_requests": len(self._inbox),
-                "batch_size": self._decoding(),
-            }
+    def _engine_vitals(self) -> dict[str, int]:
+        return {"batch_size": self._decoding(), **self._prefixes.stats()}
 
     # ------------------------------------------------------------------ engine thread
 
@@ -193,6 +147,11 @@ class Engine:
         """Sequences decoding: the batch's, or the Solo."""
         return len(self._batch) + (self._solo is not None)
 
+    def _kv_bytes(self) -> int:
+        """KV bytes the running sequences hold: they count against the prefix cache's bound."""
+        solo = sum(c.nbytes for c in self._solo.cache) if self._solo is not None else 0
+        return self._batch.kv_bytes + solo
+
     def _has_work(self) -> bool:
         return bool(self._active or self._retiring or self._inbox.pending())
 
@@ -214,14 +173,25 @@ class Engine:
         elif self._batch:
             self._advance()
         self._out.flush_due(self._active.values())
+        stored, self._batch.stored = self._batch.stored, []
+        if self._solo is not None:
+            stored, self._solo.stored = stored + self._solo.stored, []
+        self._prefixes.store(stored)  # the checkpoints prefill took
+        for seq in self._prefixes.released(self._prefilling):
+            self._start(seq, alone=False)
+        self._prefixes.trim()  # after the step's last lookup: ranks evict alike
 
     def _schedule(self) -> StepPlan:
         """Decide which requests join and which sequences leave the batch this step."""
-        plan = self._inbox.take(self._max_batch - self._decoding(), self._active)
+        room = self._max_batch - self._decoding() - len(self._prefixes.waiting)
+        plan = self._inbox.take(room, self._active)
         plan.retire, self._retiring = self._retiring, []
+        plan.evict = self._prefixes.take_evicted()
         return plan
 
     def _apply(self, plan: StepPlan) -> None:
+        if not self._lockstep or not self._lockstep.leader:
+            self._prefixes.follow(plan.evict)
         for request in plan.drop:
             self._out.emit(Finished(request.request_id, "cancelled", Usage(0, 0)))
             self._count(requests_done=1)
@@ -229,7 +199,8 @@ class Engine:
         alone = self._solo.seq if self._solo is not None else None
         if alone in cancelled:
             self._end_solo()
-        self._remove([seq.uid for seq in cancelled if seq is not alone] + plan.retire)
+        started = [s.uid for s in cancelled if s is not alone and s.uid >= 0]  # not waiting
+        self._remove(started + plan.retire)
         for seq in cancelled:
             self._finish(seq, "cancelled")
         alone = self._alone(plan)
@@ -241,7 +212,7 @@ class Engine:
     def _remove(self, uids: list[int]) -> None:
         """Take sequences out of the batch, keeping their KV caches for later prompts."""
         for cache, tokens in self._batch.remove(uids):
-            self._prompt_cache.keep(tokens, cache)
+            self._prefixes.keep(tokens, cache)
 
     def _admit(self, prompted: Prompted, alone: bool = False) -> None:
         try:
@@ -253,23 +224,26 @@ class Engine:
         if seq.max_new_tokens <= 0:  # resume_tokens already used the whole budget
             self._finish(seq, "length")
             return
+        if not self._prefixes.wait(seq, self._prefilling()):
+            self._start(seq, alone)
+
+    def _prefilling(self) -> list[tuple[Sequence, list[int]]]:
+        """Running sequences with checkpoints still ahead, and their offsets."""
+        running = [(s, self._batch.ahead(s)) for s in self._batch.seqs.values()]
+        if self._solo is not None:
+            running.append((self._solo.seq, [offset for offset, _ in self._solo.ends]))
+        return [(seq, ahead) for seq, ahead in running if ahead]
+
+    def _start(self, seq: Sequence, alone: bool) -> None:
         try:
             self._insert(seq, alone)
         except Exception as error:
             log.exception("insert_failed", request_id=seq.request_id)
             self._fail(seq, f"could not start generation: {error!r}", 500)
 
-    def _reject(self, request_id: str, error: Exception) -> None:
-        """A request refused for its own fault: a 400 saying why (any thread)."""
-        log.info("request_rejected", request_id=request_id, error=str(error))
-        code = getattr(error, "code", "")
-        self._out.failed(request_id, str(error) or repr(error), 400, code=code)
-        self._count(requests_done=1)
-
     def _insert(self, seq: Sequence, alone: bool) -> None:
         """Start a sequence (alone: as the Solo) from the longest cached prefix."""
-        cache, rest = self._prompt_cache.nearest(seq.prompt)
-        seq.cached_tokens = len(seq.prompt) - len(rest)
+        cache, rest, ends = self._prefixes.start(seq)
         if alone:
             stop_ids = frozenset() if seq.ignores_eos else self._eos_ids
             self._solo = Solo(
@@ -280,9 +254,10 @@ class Engine:
                 stream=self._batch.stream,
                 prefill_step_size=self._prefill_step_size,
                 stop_ids=stop_ids,
+                ends=ends,
             )
         else:
-            self._batch.insert(seq, rest, cache, seq.prompt[: seq.cached_tokens])
+            self._batch.insert(seq, rest, cache, seq.prompt[: seq.cached_tokens], ends)
         with self._lock:
             self._counters["prompt_tokens"] += len(rest)
             self._counters["cache_hits"] += seq.cached_tokens > 0
@@ -296,7 +271,8 @@ class Engine:
         if token is not None and self._solo_token(solo, token):
             return  # that token was its last
         self._solo = None
-        self._batch.insert(solo.seq, rest, solo.cache, list(solo.tokens))
+        self._batch.stored += solo.stored
+        self._batch.insert(solo.seq, rest, solo.cache, list(solo.tokens), solo.ends)
 
     def _advance_solo(self) -> None:
         solo = self._solo
@@ -332,7 +308,7 @@ class Engine:
         """The Solo's sequence is done: keep its KV cache for later prompts."""
         solo, self._solo = self._solo, None
         if solo is not None:
-            self._prompt_cache.keep(solo.tokens, solo.cache)
+            self._prefixes.keep(solo.tokens, solo.cache)
 
     def _prepare(self, prompted: Prompted) -> Sequence:
         """Everything about a request that can fail because of the request; raises ValueError."""
@@ -369,7 +345,7 @@ class Engine:
             if response.finish_reason is None:
                 self._retiring.append(seq.uid)  # a stop string: the batch still holds it
             else:
-                self._prompt_cache.keep(response.all_tokens, response.prompt_cache)
+                self._prefixes.keep(response.all_tokens, response.prompt_cache)
             self._finish(seq, reason)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
@@ -382,6 +358,7 @@ class Engine:
 
     def _forget(self, seq: Sequence) -> None:
         self._active.pop(seq.request_id, None)
+        self._prefixes.waiting.pop(seq.request_id, None)
         self._batch.forget(seq)
         self._count(requests_done=1)
 
@@ -404,7 +381,7 @@ class Engine:
         # races interpreter shutdown and aborts the process ("terminate called without an
         # active exception"); a worker thread must drop its arrays and clear its streams.
         self._solo = None
-        self._prompt_cache.clear()
+        self._prefixes.clear()
         self._retiring = []
         gc.collect()
         if hasattr(mx, "clear_streams"):  # mlx >= 0.32
@@ -417,8 +394,3 @@ class Engine:
             self._fail(seq, message, 503, retryable=True)
         for request in queued:
             self._out.failed(request.request_id, message, 503, retryable=True)
-
-    def _count(self, **increments: int) -> None:
-        with self._lock:
-            for name, n in increments.items():
-                self._counters[name] += n

@@ -63,6 +63,9 @@ class GenerationActor:
             # Rank 0 alone speaks for a group: the other ranks' events are the same ones.
             emit=runtime.send if lockstep is None or lockstep.leader else _discard,
             max_batch=cfg.max_batch,
+            prompt_cache_bytes=cfg.prompt_cache_bytes,
+            prompt_cache_entries=cfg.prompt_cache_entries,
+            prefill_step_size=cfg.prefill_step_tokens,
             coalesce_ms=cfg.stream_interval_ms,
             context_length=context_length,
             grammar=load_grammar(model, tokenizer),
@@ -71,13 +74,19 @@ class GenerationActor:
         self._engine.start()
         seconds = time.monotonic() - began
         log.info("model_loaded", model=cfg.model, path=str(path), seconds=round(seconds, 3))
+        budget = self._engine.prompt_cache_budget
+        log.info("prompt_cache_budget", bytes=budget, entries=cfg.prompt_cache_entries)
         runtime.send(
             Ready(
                 model=cfg.model,
                 model_path=str(path),
                 context_length=context_length,
                 load_seconds=seconds,
-                info=_blas_info(),
+                info={
+                    **_blas_info(),
+                    "prompt_cache_bytes": str(budget),
+                    "prompt_cache_entries": str(cfg.prompt_cache_entries),
+                },
             )
         )
 

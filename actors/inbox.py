@@ -24,6 +24,8 @@ class Prompted(msgspec.Struct, frozen=True):
 
     request: GenerationRequest
     prompt: list[int]
+    # (offset, kind) where prefill stores the KV cache on its way (actors.checkpoints)
+    checkpoints: list[tuple[int, str]] = []
 
     @property
     def request_id(self) -> str:
@@ -38,9 +40,10 @@ class StepPlan:
     drop: list[Prompted] = field(default_factory=list)  # cancelled while queued
     cancel: list[str] = field(default_factory=list)  # running request ids to end as cancelled
     retire: list[int] = field(default_factory=list)  # uids already finished, still in the batch
+    evict: list[int] = field(default_factory=list)  # prompt cache entries rank 0 evicted
 
     def __bool__(self) -> bool:
-        return bool(self.admit or self.drop or self.cancel or self.retire)
+        return bool(self.admit or self.drop or self.cancel or self.retire or self.evict)
 
 
 class Inbox:

@@ -167,6 +167,9 @@ class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     group: str = ""
     model: str = ""
     max_batch: int = 32
+    prompt_cache_bytes: int | None = None  # None: derived from the memory left (actors.engine)
+    prompt_cache_entries: int = 64
+    prefill_step_tokens: int = 256  # prompt tokens one engine step may prefill, all sequences
     stream_interval_ms: float = 20.0
     parallel: str = "tensor"
     options: dict[str, str] = {}
@@ -207,6 +210,8 @@ class Vitals(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_tokens: int = 0
     requests_done: int = 0
     cache_hits: int = 0
+    prompt_cache_bytes: int = 0  # held by the prefix cache
+    prompt_cache_entries: int = 0
     mem_total: int = 0
     mem_available: int = 0
 

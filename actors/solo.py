@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import TokenBuffer, make_prompt_cache
 
 from actors.admission import Sequence
+from actors.checkpoints import snapshot
 
 CLEAR_CACHE_EVERY = 256  # tokens, as generate_step does
 
@@ -48,8 +49,13 @@ class Solo:
         stream: Any,
         prefill_step_size: int,
         stop_ids: frozenset[int],
+        ends: list[tuple[int, str]] = (),
     ) -> None:
-        """``cache`` holds ``seq.prompt`` but ``rest`` (None: empty); ``rest`` is never empty."""
+        """``cache`` holds ``seq.prompt`` but ``rest`` (None: empty); ``rest`` is never empty.
+
+        ``ends``: ``(offset, kind)`` ahead in the prompt where prefill chunks stop and a
+        copy of the cache goes to ``stored`` (``actors.checkpoints``).
+        """
         if not rest:
             raise ValueError("a sequence needs at least one prompt token to feed")
         self.seq = seq
@@ -62,12 +68,17 @@ class Solo:
         self._rest = list(rest)  # prompt not yet fed
         self._context = TokenBuffer(self.tokens) if seq.processors else None
         self._next: tuple[mx.array, mx.array] | None = None  # sampled, not yet read back
+        self.ends = list(ends)  # still ahead
+        self.stored: list[tuple[list[int], list[Any], str]] = []  # checkpoints taken, to keep
 
     def step(self) -> SoloToken | None:
         """Feed one chunk of prompt (None), or decode one token."""
         with mx.stream(self._stream):
             if len(self._rest) > 1:
-                chunk = self._rest[: min(self._prefill_step_size, len(self._rest) - 1)]
+                size = min(self._prefill_step_size, len(self._rest) - 1)
+                if self.ends:  # stop at the next end, to copy the cache there
+                    size = min(size, self.ends[0][0] - len(self.tokens))
+                chunk = self._rest[:size]
                 self._rest = self._rest[len(chunk) :]
                 inputs = mx.array(chunk)
                 self._model(inputs[None], cache=self.cache)
@@ -75,6 +86,11 @@ class Solo:
                     self._context.update_and_fetch(inputs)
                 mx.eval([c.state for c in self.cache])
                 self.tokens.extend(chunk)
+                if self.ends and self.ends[0][0] == len(self.tokens):
+                    copy = snapshot(self.cache)
+                    kind = self.ends.pop(0)[1]
+                    if copy is not None:
+                        self.stored.append((list(self.tokens), copy, kind))
                 mx.clear_cache()
                 return None
             if self._next is None:  # the last prompt token: sample the first new one

@@ -146,6 +146,9 @@ class ClusterFile(_Written):
     control: ControlSpec = ControlSpec()
     queue_limit: Annotated[int, msgspec.Meta(ge=1)] = 256
     max_batch: Annotated[int, msgspec.Meta(ge=1)] = 32
+    prompt_cache_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None  # None: derived
+    prompt_cache_entries: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 64
+    prefill_step_tokens: Annotated[int, msgspec.Meta(ge=16, le=65536)] = 256
     stream_interval_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 20.0
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
@@ -199,6 +202,9 @@ class ClusterSpec(_Spec):
     control: ControlSpec = ControlSpec()
     queue_limit: int = 256
     max_batch: int = 32
+    prompt_cache_bytes: int | None = None
+    prompt_cache_entries: int = 64
+    prefill_step_tokens: int = 256
     stream_interval_ms: float = 20.0
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
@@ -295,6 +301,9 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         control=doc.control,
         queue_limit=doc.queue_limit,
         max_batch=doc.max_batch,
+        prompt_cache_bytes=doc.prompt_cache_bytes,
+        prompt_cache_entries=doc.prompt_cache_entries,
+        prefill_step_tokens=doc.prefill_step_tokens,
         stream_interval_ms=doc.stream_interval_ms,
         restart=_check_restart(doc.restart),
         router=doc.router,

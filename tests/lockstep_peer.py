@@ -25,10 +25,12 @@ PLANS = [
                     request_id="r1", model="m", prompt="hi", sampling=SamplingParams(seed=7)
                 ),
                 prompt=[1, 2, 3],  # rank 0's rendering travels with the request
+                checkpoints=[(2, "system")],  # and where prefill stores the cache
             )
         ],
         cancel=["r0"],
         retire=[3, 4],
+        evict=[9],  # prompt cache entries rank 0 evicted
     ),
     None,
     SharedPlan(cancel=["r1"]),

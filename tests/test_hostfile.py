@@ -106,6 +106,8 @@ def test_cluster_keys_are_read():
             "control": {"host": "10.0.0.9", "port": 7000},
             "queue_limit": 8,
             "max_batch": 4,
+            "prompt_cache_bytes": 1 << 30,
+            "prompt_cache_entries": 8,
             "stream_interval_ms": 0,
             "api_key": "k",
             "log_format": "console",
@@ -121,6 +123,7 @@ def test_cluster_keys_are_read():
         4,
     )
     assert (spec.api_key, spec.log_format, spec.groups[0].parallel) == ("k", "console", "pipeline")
+    assert (spec.prompt_cache_bytes, spec.prompt_cache_entries) == (1 << 30, 8)
     assert (spec.restart.intensity, spec.restart.period, spec.restart.heartbeat_timeout) == (
         2,
         5.0,
@@ -211,6 +214,14 @@ def test_is_local(ssh, local):
         ([{"ssh": "a"}, {"ips": []}], 'hostfile.json: $[1]: missing required key "ssh"'),
         ({"hosts": [{}]}, 'hostfile.json: $.hosts[0]: missing required key "ssh"'),
         ({"hosts": [MAC1], "queue_limit": 0}, "hostfile.json: $.queue_limit: Expected int >= 1"),
+        (
+            {"hosts": [MAC1], "prompt_cache_bytes": -1},
+            "hostfile.json: $.prompt_cache_bytes: Expected int >= 0",
+        ),
+        (
+            {"hosts": [MAC1], "prompt_cache_entries": 70000},
+            "hostfile.json: $.prompt_cache_entries: Expected int <= 65536",
+        ),
         (
             {"hosts": [MAC1], "stream_interval_ms": 5000},
             "hostfile.json: $.stream_interval_ms: Expected float <= 1000.0",

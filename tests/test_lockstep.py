@@ -56,6 +56,7 @@ def test_followers_receive_exactly_what_rank_0_shares_and_stop_when_told():
     assert first["admit"][0]["request"]["sampling"]["seed"] == 7
     assert first["admit"][0]["prompt"] == [1, 2, 3]  # followers never render a prompt
     assert first["cancel"] == ["r0"] and first["retire"] == [3, 4]
+    assert first["admit"][0]["checkpoints"] == [[2, "system"]] and first["evict"] == [9]
     assert follower[1]["plan"] is None  # nothing new: one tiny collective, no payload
     assert follower[2]["plan"] == {"cancel": ["r1"]}
     assert leader[-1] == {"end": "stopped the group"}
