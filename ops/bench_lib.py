@@ -30,6 +30,8 @@ class Stream:
     tokens: int  # counted by the contender (usage / yielded tokens), never chunks
     ttft: float  # seconds from sending to the first token's text
     decode_seconds: float  # first token to last token
+    cached: int = 0  # usage.prompt_tokens_details.cached_tokens, where the server reports it
+    prompt: int = 0  # usage.prompt_tokens
 
     @property
     def decode_tps(self) -> float:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,17 @@ from bench_lib import (
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 300.0
+# mlx_lm.server is a socketserver.ThreadingHTTPServer, whose listen backlog is 5: 32
+# simultaneous connects overflow it and Linux resets the excess after ~1 s (measured:
+# 11-15 of 32 streams failed with ReadError). uvicorn's is 2048. Same code, longer queue,
+# so the comparison measures the engine rather than a socketserver default.
+LISTEN_BACKLOG = 2048
+MLX_LM_SERVER = (
+    "import socketserver, sys; "
+    "socketserver.TCPServer.request_queue_size = int(sys.argv.pop(1)); "
+    "sys.argv[0] = 'mlx_lm.server'; "
+    "from mlx_lm.server import main; main()"
+)
 
 
 def free_port() -> int:
@@ -56,9 +67,9 @@ class HttpContender:
         self._loop = asyncio.new_event_loop()
         self._client: httpx.AsyncClient | None = None
 
-    def body(self, tag: str, tokens: int) -> dict:
+    def body(self, tag: str, tokens: int, messages: list[dict] | None = None) -> dict:
         body = {
-            "messages": chat_messages(tag),
+            "messages": messages or chat_messages(tag),
             "max_tokens": tokens,
             "temperature": 0.0,
             "logit_bias": self._bias,
@@ -76,25 +87,36 @@ class HttpContender:
         return {"server": sum(process_cpu(p) for p in self._processes.seen.values())}
 
     def single(self, tag: str, tokens: int) -> Stream:
-        return self._loop.run_until_complete(self._batch([tag], tokens)).streams[0]
+        return self.run(self._batch([tag], tokens)).streams[0]
 
     def concurrent(self, tags: Sequence[str], tokens: int) -> Batch:
-        return self._loop.run_until_complete(self._batch(tags, tokens))
+        return self.run(self._batch(tags, tokens))
+
+    def run(self, coroutine):
+        """Run a coroutine of this contender's streams (``stream``) on its event loop."""
+        return self._loop.run_until_complete(coroutine)
 
     async def _batch(self, tags: Sequence[str], tokens: int) -> Batch:
-        if self._client is None:  # one client per contender: its set-up is not per request
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            self._client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits)
         start = time.perf_counter()
-        streams = await asyncio.gather(*(self._stream(t, tokens) for t in tags))
+        streams = await asyncio.gather(*(self.stream(t, tokens) for t in tags))
         return Batch(list(streams), time.perf_counter() - start)
 
-    async def _stream(self, tag: str, tokens: int) -> Stream:
+    async def stream(
+        self,
+        tag: str,
+        tokens: int,
+        messages: list[dict] | None = None,
+        on_first: Callable[[], None] | None = None,
+    ) -> Stream:
+        """One streamed chat completion; ``on_first`` is called when its first token arrives."""
+        if self._client is None:  # one client per contender: its set-up is not per request
+            limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+            self._client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits)
         first = last = 0.0
         usage = None
         start = time.perf_counter()
         request = self._client.stream(
-            "POST", self.url + "/v1/chat/completions", json=self.body(tag, tokens)
+            "POST", self.url + "/v1/chat/completions", json=self.body(tag, tokens, messages)
         )
         async with request as response:
             if response.status_code != 200:
@@ -109,17 +131,26 @@ class HttpContender:
                     usage = chunk["usage"]
                 choices = chunk.get("choices") or []
                 if choices and (choices[0].get("delta") or {}).get("content"):
+                    if not first and on_first is not None:
+                        on_first()
                     first = first or now
                     last = now
         if usage is None:
             raise RuntimeError(f"{self.name}: the stream carried no usage")
-        return Stream(usage["completion_tokens"], first - start, last - first)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return Stream(
+            usage["completion_tokens"],
+            first - start,
+            last - first,
+            cached=cached or 0,
+            prompt=usage.get("prompt_tokens", 0),
+        )
 
     def _boot(self, command: list[str], log: Path, ready_path: str) -> None:
         """Start the server and wait until ``ready_path`` answers; end it if it never does."""
         try:
             proc = self._processes.start(command, log)
-            _wait_http(self.url + ready_path, proc, log)
+            _wait_http(self.url + ready_path, proc, log, self.name)
             self._processes.remember_descendants()
         except BaseException:
             self.close()
@@ -141,7 +172,8 @@ class MlxLmServer(HttpContender):
         super().__init__(eos_ids)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_path)]
+        command = [sys.executable, "-c", MLX_LM_SERVER, str(LISTEN_BACKLOG)]
+        command += ["--model", str(model_path)]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
         self._boot(command, log_dir / "mlx_lm_server.log", "/v1/models")
         self.blas = blas_of(self._processes.roots[0].pid)
@@ -162,16 +194,24 @@ class OurSupervisor(HttpContender):
         hostfile.write_text(json.dumps({"model": spec, "api": api, "hosts": hosts}))
         command = [sys.executable, "-m", "supervisor.cli", "start", str(hostfile)]
         self._boot(command, log_dir / "supervisor.log", "/health")
+        self.supervisor_pid = self._processes.roots[0].pid
         self.actor_pid = self._generation_pid()
         self.blas = blas_of(self.actor_pid)
 
     def cpu_seconds(self) -> dict[str, float]:
         self._processes.remember_descendants()
-        known = {self._processes.roots[0].pid: "supervisor", self.actor_pid: "generation actor"}
+        known = {self.supervisor_pid: "supervisor", self.actor_pid: "generation actor"}
         roles = dict.fromkeys(("supervisor", "generation actor", "other actors"), 0.0)
         for pid, process in self._processes.seen.items():
             roles[known.get(pid, "other actors")] += process_cpu(process)
         return roles
+
+    def follow_restart(self) -> None:
+        """Track the generation actor the supervisor runs now (a restart gives a new PID)."""
+        try:
+            self.actor_pid = self._generation_pid() or self.actor_pid
+        except (OSError, ValueError, KeyError, StopIteration):
+            pass  # restarting right now: the next pattern's call finds it
 
     def _generation_pid(self) -> int:
         with urllib.request.urlopen(self.url + "/api/cluster/status", timeout=10) as r:
@@ -179,13 +219,13 @@ class OurSupervisor(HttpContender):
         return next(a["pid"] for a in status["actors"] if a["kind"] == "generation")
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, name: str) -> None:
     """Poll ``url`` until it answers 200; fail with the log's tail if the process exits."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"{proc.args[2]} exited with {proc.returncode}:\n{tail}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
