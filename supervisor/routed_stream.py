@@ -135,7 +135,10 @@ class RoutedStream:
         old = self._group.name
         self._placement.cool(old)
         if len(self.groups) >= MAX_PLACEMENTS:
-            return self._lost_event(f"{lost.message}; the request lost {len(self.groups)} groups")
+            return self._lost_event(
+                f"{lost.message}; given up after {len(self.groups)} placements "
+                f"({', '.join(self.groups)}), each lost"
+            )
         try:
             group = await self._placement.place(self._request, exclude=self.groups)
         except ServiceError as exc:
