@@ -16,11 +16,12 @@ import hmac
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from actors.protocol import Hello, Refused, Welcome
+from actors.protocol import Hello, Message, Refused, Welcome
 from actors.transport import FrameError, read_message, write_message
 from supervisor.handle import STREAM_BUFFER_BYTES, ActorHandle
 
@@ -34,10 +35,12 @@ OVER_CAPACITY_LOG_EVERY = 1.0  # s: a flood of connections is one log line a sec
 
 @dataclass(frozen=True)
 class Expected:
-    """An announced incarnation: the nonce its spawn carries, the handle once it said Hello."""
+    """An announced incarnation: the nonce its spawn carries, the handle once it said Hello,
+    and who hears its messages (attached before the handle reads its first one)."""
 
     nonce: str
     handle: asyncio.Future[ActorHandle]
+    on_message: Callable[[ActorHandle, Message], None] | None = None
 
 
 class ControlServer:
@@ -87,13 +90,19 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def expect(self, actor_id: str) -> Expected:
+    def expect(
+        self, actor_id: str, on_message: Callable[[ActorHandle, Message], None] | None = None
+    ) -> Expected:
         """Announce one incarnation of ``actor_id``: a fresh nonce for its spawn, and a
         future resolved with its handle once it has said a valid Hello. Any earlier
-        announcement of the id (and its nonce) is void from now on."""
+        announcement of the id (and its nonce) is void from now on.
+
+        ``on_message`` hears every message after the Hello, the first included: set on the
+        handle once the future resolves, it would miss what the actor said meanwhile."""
         self.forget(actor_id)
         fut: asyncio.Future[ActorHandle] = asyncio.get_running_loop().create_future()
-        expected = self._expected[actor_id] = Expected(secrets.token_urlsafe(24), fut)
+        expected = Expected(secrets.token_urlsafe(24), fut, on_message)
+        self._expected[actor_id] = expected
         return expected
 
     def forget(self, actor_id: str) -> None:
@@ -155,8 +164,11 @@ class ControlServer:
             write_message(writer, Refused(reason=reason))
             await _drain_and_close(writer)
             return
-        fut = self._expected.pop(hello.actor_id).handle  # its nonce is spent
-        handle = ActorHandle(hello, reader, writer, self._stream_buffer_bytes)
+        expected = self._expected.pop(hello.actor_id)  # its nonce is spent
+        fut = expected.handle
+        handle = ActorHandle(
+            hello, reader, writer, self._stream_buffer_bytes, on_message=expected.on_message
+        )
         write_message(writer, Welcome(heartbeat_interval=self._heartbeat_interval))
         if fut.done():  # the supervisor gave up on this start meanwhile
             await handle.close()

@@ -87,6 +87,7 @@ class ActorHandle:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         stream_buffer_bytes: int = STREAM_BUFFER_BYTES,
+        on_message: Callable[[ActorHandle, Message], None] | None = None,
     ):
         self.hello = hello
         self.actor_id = hello.actor_id
@@ -98,7 +99,10 @@ class ActorHandle:
         self._streams: dict[str, _Inbox] = {}
         self._task: asyncio.Task | None = None
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.on_message: Callable[[ActorHandle, Message], None] = lambda h, m: None
+        # Given here, before start(): an actor speaks as soon as it is welcomed (a memory
+        # actor's Ready follows its Hello at once), and a message read while nobody
+        # listens is gone for good.
+        self.on_message: Callable[[ActorHandle, Message], None] = on_message or (lambda h, m: None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read_loop(), name=f"actor-{self.actor_id}")

@@ -246,7 +246,10 @@ class ChildSupervisor:
         cfg = child.spec.config
         self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
         self._declared.setdefault(cfg.actor_id)
-        expected = self._control.expect(cfg.actor_id)  # a fresh nonce for this incarnation
+        # A fresh nonce; the listener is given now: the actor's Ready may precede our wake-up.
+        expected = self._control.expect(
+            cfg.actor_id, on_message=lambda h, m, c=child: self._on_message(c, m)
+        )
         hello = expected.handle
         spec = child.spec
         launch = ActorLaunch(cfg, self._token, spec.env, spec.python, nonce=expected.nonce)
@@ -265,7 +268,6 @@ class ChildSupervisor:
         handle = await self._await_or_fail(hello, self._timeouts.hello, f"{cfg.actor_id} hello")
         child.handle = handle
         child.last_beat = time.monotonic()
-        handle.on_message = lambda h, m, c=child: self._on_message(c, m)
         watchers.append(asyncio.create_task(self._watch_connection(child)))
 
     async def _await_or_fail(self, awaitable, timeout: float, what: str):

@@ -14,8 +14,8 @@ import time
 
 import structlog
 
-from actors.protocol import ActorConfig, Hello, Refused, Welcome
-from actors.transport import read_message, write_message
+from actors.protocol import ActorConfig, Hello, Ready, Refused, Welcome
+from actors.transport import frame, read_message, write_message
 from supervisor.control import ControlServer
 from supervisor.handle import ActorHandle
 from supervisor.spawner import ActorLaunch, actor_environment
@@ -189,6 +189,32 @@ async def test_an_actor_process_with_a_stale_nonce_is_refused_and_exits():
         assert proc.returncode == 3  # EXIT_REFUSED
         assert b"actor_refused" in err and b"wrong nonce" in err
         assert control.refused == 1 and not current.handle.done()
+    finally:
+        await control.close()
+
+
+async def test_the_listener_hears_what_the_actor_says_straight_after_its_hello():
+    """A memory actor sends Ready as soon as it is welcomed; under load it can be read before
+    the coroutine awaiting the handle resumes. Here it arrives with the Hello, the worst case:
+    a listener attached after the handle resolved would never hear it (the supervisor then
+    waited 30 s for a Ready that had come and gone)."""
+    control = ControlServer(TOKEN)
+    _, port = await control.start()
+    heard = []
+    try:
+        expected = control.expect("a.memory", on_message=lambda h, m: heard.append(m))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        hello = Hello(
+            actor_id="a.memory", kind="memory", node="n", pid=1, token=TOKEN, nonce=expected.nonce
+        )
+        writer.write(frame(hello) + frame(Ready(info={"total_bytes": "1"})))
+        await writer.drain()
+        handle = await asyncio.wait_for(expected.handle, 5)
+        assert isinstance(await asyncio.wait_for(read_message(reader), 5), Welcome)
+        await until(lambda: heard, 5, "the Ready sent with the Hello")
+        assert [type(m) for m in heard] == [Ready] and heard[0].info == {"total_bytes": "1"}
+        await handle.close()
+        writer.close()
     finally:
         await control.close()
 

@@ -112,7 +112,16 @@ class SSHTree:
         await self.control.close()
 
     async def ready(self, timeout: float = 30.0) -> RemoteProcess:
-        await asyncio.wait_for(self.sup.ready.wait(), timeout)
+        try:
+            await asyncio.wait_for(self.sup.ready.wait(), timeout)
+        except TimeoutError:
+            group, actor = self.state.groups["g"], self.state.actors.get("n1.memory")
+            raise AssertionError(
+                f"not ready within {timeout:.0f} s: group {group.state!r} ({group.reason}), "
+                f"restarts {group.restarts}; actor {actor}; spawned PIDs "
+                f"{[p.pid for p in self.spawner.processes]}; sshd log:\n"
+                f"{self.spawner.server.log_tail(15)}"
+            ) from None
         return self.spawner.processes[-1]
 
 
