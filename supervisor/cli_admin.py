@@ -66,8 +66,11 @@ def send(
             return exc.code, {}
 
 
-def call(command: str, method: str, url: str, body: dict | None, key: str | None, timeout: float):
-    """Send, print the JSON answer; a refusal is one line on stderr and exit code 2."""
+def ask(
+    command: str, method: str, url: str, body: dict | None, key: str | None, timeout: float
+) -> dict | int:
+    """The JSON answer, or the exit code once why not is said in one line on stderr
+    (refused: 2, as for a bad flag; the server failed or nobody answered: 1)."""
     try:
         code, answer = send(method, url, body, key, timeout)
     except (urllib.error.URLError, OSError) as exc:
@@ -75,6 +78,14 @@ def call(command: str, method: str, url: str, body: dict | None, key: str | None
     if code >= 400:
         print(f"supervisor: {command} refused: {message(code, answer)}", file=sys.stderr)
         return EXIT_REFUSED if code < 500 else 1
+    return answer
+
+
+def call(command: str, method: str, url: str, body: dict | None, key: str | None, timeout: float):
+    """Send, print the JSON answer; a refusal is one line on stderr and exit code 2."""
+    answer = ask(command, method, url, body, key, timeout)
+    if isinstance(answer, int):
+        return answer
     print(json.dumps(answer))
     return 0
 
@@ -97,15 +108,12 @@ def join_token(args: argparse.Namespace) -> int:
     url = base(args.url)
     try:
         key = admin_key(args, url)
-        code, answer = send("GET", url + "/api/cluster/join-token", None, key, 10)
     except Refused as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except (urllib.error.URLError, OSError) as exc:
-        return unreachable(url, exc)
-    if code >= 400:
-        print(f"supervisor: join-token refused: {message(code, answer)}", file=sys.stderr)
-        return EXIT_REFUSED
+    answer = ask("join-token", "GET", url + "/api/cluster/join-token", None, key, 10)
+    if isinstance(answer, int):
+        return answer
     print(answer["command"])
     if answer.get("loopback_only"):
         print(
@@ -132,13 +140,9 @@ def stop_over_http(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    try:
-        code, answer = send("POST", url + "/api/cluster/stop", None, key, 10)
-    except (urllib.error.URLError, OSError) as exc:
-        return unreachable(url, exc)
-    if code >= 400:
-        print(f"supervisor: stop refused: {message(code, answer)}", file=sys.stderr)
-        return EXIT_REFUSED if code < 500 else 1
+    answer = ask("stop", "POST", url + "/api/cluster/stop", None, key, 10)
+    if isinstance(answer, int):
+        return answer
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         try:

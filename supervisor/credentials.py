@@ -7,7 +7,6 @@ read them. They are removed on exit, as the pidfile is.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
@@ -17,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from supervisor.hostfile import ClusterSpec
-from supervisor.hostfile_validation import Problem, check_key
+from supervisor.hostfile_validation import Problem, check_key, is_loopback
 
 API_KEY_ENV = "MLXS_API_KEY"
 ADMIN_KEY_ENV = "MLXS_ADMIN_KEY"
@@ -131,17 +130,6 @@ def find_admin_key(
 def is_loopback_url(url: str) -> bool:
     host = urlsplit(url if "//" in url else f"http://{url}").hostname
     return host is not None and is_loopback(host)
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost; not 0.0.0.0 or ::, which listen on every address."""
-    name = host.strip().lower().strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 # -- what the running supervisor says about itself ----------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -20,6 +21,17 @@ ENV_KEY = re.compile(r"[A-Za-z0-9_]+")
 
 class Problem(Exception):
     """A hostfile problem described without the file name (the caller adds it)."""
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; not 0.0.0.0 or ::, which listen on every address."""
+    name = host.strip().lower().strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def is_local_ssh(ssh: str) -> bool:

@@ -12,7 +12,6 @@ never does: it stays listed as unreachable and its groups wait for it
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import time
 from typing import TYPE_CHECKING
@@ -21,10 +20,10 @@ import structlog
 
 from supervisor.hostfile import GroupSpec, HostSpec, is_local
 from supervisor.hostfile_validation import (
-    LOOPBACK,
     Problem,
     check_group_name,
     check_host,
+    is_loopback,
     loopback_control,
 )
 from supervisor.service import BadRequest, Conflict, HostJoin, NotFound
@@ -80,25 +79,15 @@ def dials_back_to(control_host: str, host: HostSpec, ssh_config: str | None) -> 
     A remote machine dialing "127.0.0.1" reaches itself, and would hand the cluster token
     to whatever listens there. An SSH target that resolves to loopback is this machine.
     """
-    if not _is_loopback(control_host) or is_local(host):
+    if not is_loopback(control_host) or is_local(host):
         return None
     try:
         endpoint = resolve_endpoint(parse_ssh_target(host.ssh), load_ssh_config(ssh_config))
     except SSHError:
         endpoint = None
-    if endpoint is not None and _is_loopback(endpoint.hostname):
+    if endpoint is not None and is_loopback(endpoint.hostname):
         return None
     return f"{loopback_control(control_host, host.name)}, then restart the supervisor"
-
-
-def _is_loopback(address: str) -> bool:
-    name = address.strip().lower().strip("[]")
-    if name in LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class ClusterMembership:
