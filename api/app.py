@@ -13,11 +13,12 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import ControllerRouterHandler, LifespanHook
 
-from api.errors import handle_exception
-from api.guards import HostCheck, Keys, inference_guards, is_admin
-from api.redaction import redact, ssh_users
-from api.routes_ollama import ollama_root, ollama_root_head, ollama_router
-from api.routes_openai import ERROR_RESPONSES, openai_router
+from api.edge.error_shape import ERROR_RESPONSES
+from api.edge.errors import handle_exception
+from api.edge.guards import HostCheck, Keys, inference_guards, is_admin
+from api.edge.redaction import redact, ssh_users
+from api.ollama.routes import ollama_root, ollama_root_head, ollama_router
+from api.openai.routes import openai_router
 from supervisor.service import GenerationService
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
@@ -52,7 +53,7 @@ def create_app(
     Ollama's endpoints) require ``Authorization: Bearer <api_key>``; ``/health``, ``/schema``
     and Ollama's ``/`` probe stay open.
     ``keys`` (else ``api_key`` and an admin key nobody knows) are checked by the guards of
-    api/guards.py; the admin key is accepted wherever the inference key is. Without it,
+    api/edge/guards.py; the admin key is accepted wherever the inference key is. Without it,
     status and health hide user names and paths.
     ``route_handlers`` are mounted at the root as they are; ``admin_route_handlers`` under
     ``/api``, outside the inference key (they carry their own guards).

@@ -16,15 +16,15 @@ from actors.protocol import (
     TopLogprob,
     Usage,
 )
-from api.errors import describe_validation, retry_after_seconds
-from api.openai import (
-    ChoiceResult,
+from api.edge.choices import ChoiceResult
+from api.edge.errors import describe_validation, retry_after_seconds
+from api.openai.replies import (
     chat_response,
     completion_response,
     finish_reason,
     total_usage,
 )
-from api.openai_stream import ChatStreamAssembler, CompletionStreamAssembler
+from api.openai.stream import ChatStreamAssembler, CompletionStreamAssembler
 
 # --------------------------------------------------------------------------- #
 # Events -> responses

@@ -11,11 +11,11 @@ from actors.protocol import (
     SamplingParams,
     ToolCall,
 )
-from api.openai import (
+from api.openai.protocol import ChatCompletionRequest, CompletionRequest
+from api.openai.translate import (
     chat_to_generation,
     completion_to_generation,
 )
-from api.openai_models import ChatCompletionRequest, CompletionRequest
 from supervisor.service import BadRequest
 
 USER = {"role": "user", "content": "hi"}
@@ -397,7 +397,7 @@ def test_completion_n_fans_out():
     ],
 )
 def test_a_body_too_deep_to_decode_names_the_field_its_depth_is_in(body, field):
-    from api.limits import too_deep_field
+    from api.edge.limits import too_deep_field
 
     deep = '{"a":[' * 600 + "1" + "]}" * 600
     assert too_deep_field((body % deep).encode()) == field

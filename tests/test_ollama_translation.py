@@ -17,20 +17,13 @@ from actors.protocol import (
     TopLogprob,
     Usage,
 )
-from api.ollama import (
-    NEVER_EXPIRES,
-    chat_to_generation,
-    digest,
-    generate_to_generation,
-    resolve_model,
-    rfc3339,
-    running,
-    show,
-    tags,
-)
-from api.ollama_models import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse
-from api.ollama_reply import StreamedReply, Timings, done_reason, full_reply, load_reply
-from api.openai import ChoiceResult
+from api.edge.choices import ChoiceResult
+from api.ollama.model_views import NEVER_EXPIRES, digest, running, show, tags
+from api.ollama.protocol import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse
+from api.ollama.replies import done_reason, full_reply, load_reply
+from api.ollama.stream import StreamedReply
+from api.ollama.timing import Timings, rfc3339
+from api.ollama.translate import chat_to_generation, generate_to_generation, resolve_model
 from supervisor.service import BadRequest, ModelInfo
 
 CALL = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}')

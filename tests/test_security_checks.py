@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from api.guards import host_name, same_key
-from api.redaction import redact, ssh_users
+from api.edge.guards import host_name, same_key
+from api.edge.redaction import redact, ssh_users
 from supervisor.credentials import (
     CredentialError,
     admin_key_file,

@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 
-import anyio
-import structlog
 from litestar import MediaType, Request, Response, Router, get, head, post
-from litestar.background_tasks import BackgroundTask
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
-from litestar.response import Stream
 from litestar.types import Guard
 
-from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta
-from api.errors import handle_exception
-from api.generation import ClientGone, collect_choices, served_by, started_events, submit_all
-from api.ollama import (
-    OLLAMA_VERSION,
-    chat_to_generation,
-    generate_to_generation,
-    resolve_model,
-    running,
-    show,
-    tags,
-)
-from api.ollama_models import (
+from actors.protocol import GenerationEvent
+from api.edge.choices import ChoiceResult
+from api.edge.error_shape import ErrorResponse
+from api.edge.errors import handle_exception
+from api.edge.generation import serve_generation
+from api.edge.openapi import also_streamed, ndjson_line
+from api.ollama.model_views import OLLAMA_VERSION, running, show, tags
+from api.ollama.protocol import (
     ChatRequest,
     ChatResponse,
     GenerateRequest,
@@ -43,9 +35,10 @@ from api.ollama_models import (
     TagsResponse,
     VersionResponse,
 )
-from api.ollama_reply import StreamedReply, Timings, full_reply, load_reply
-from api.openai_models import ErrorResponse, json_encoder
-from api.openapi import also_streamed, ndjson_line
+from api.ollama.replies import full_reply, load_reply
+from api.ollama.stream import StreamedReply, ndjson_lines
+from api.ollama.timing import TimedStream, Timings
+from api.ollama.translate import chat_to_generation, generate_to_generation, resolve_model
 from supervisor.service import (
     BadRequest,
     GenerationService,
@@ -55,10 +48,7 @@ from supervisor.service import (
     ServiceError,
 )
 
-log = structlog.get_logger(__name__)
-
 NDJSON = "application/x-ndjson"
-NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PULL_REFUSED = (
     "pulling models is not supported yet; use a hostfile model spec "
     "(a Hugging Face repo id or a local path) and restart the supervisor"
@@ -79,7 +69,7 @@ DENIED = {401: ERROR_RESPONSES[401]}  # every /api route, when the server has an
 
 
 def as_ollama_error(response: Response) -> Response:
-    """An OpenAI-shaped error response re-cast as Ollama's ``{"error": ...}``, same status."""
+    """A house-shaped error response re-cast as Ollama's ``{"error": ...}``, same status."""
     content = response.content
     message = content.error.message if isinstance(content, ErrorResponse) else str(content)
     return Response(
@@ -192,88 +182,38 @@ async def _generate(
     else:
         generation = generate_to_generation(body, request_id, model.id, model.context_length)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    try:
-        streams = await submit_all(service, [generation])
-    except ServiceError as exc:  # nothing sent yet: a refusal is a plain HTTP error
-        return _error(request, exc, {"x-request-id": request_id})
-    timings.admitted = time.monotonic_ns()
-    stream = TimedStream(streams[0], timings)
-    headers = {"x-request-id": request_id, "x-served-by": served_by(streams)}
+    dialect = OllamaDialect(chat, body.model, timings, top)
     streamed = body.stream is not False
-    log.debug(
-        "api.generation_started",
-        request_id=request_id,
-        model=model.id,
-        dialect="ollama",
-        stream=streamed,
-        served_by=headers["x-served-by"],
+    return await serve_generation(
+        request, service, dialect, request_id, model.id, [generation], stream=streamed
     )
-    try:
-        if streamed:
-            events = await started_events(request, [stream], [request_id])
-        else:
-            [result] = await collect_choices(request, [stream], [request_id])
-    except ClientGone:
-        log.info("api.client_gone", request_id=request_id)
-        return Response(b"", status_code=499, headers=headers)
-    except ServiceError as exc:
-        return _error(request, exc, headers)
-    if streamed:
-        lines = ndjson_lines(events, request_id, StreamedReply(chat, body.model, timings, top))
-        return Stream(
-            lines,
-            media_type=NDJSON,
-            headers={**headers, **NDJSON_HEADERS},
-            background=BackgroundTask(lines.aclose),
-        )
-    reply = full_reply(chat, body.model, result, timings, top, time.time())
-    return Response(reply, headers=headers)
 
 
-class TimedStream:
-    """A GenerationStream that stamps the first token and the end on ``timings``."""
+@dataclass
+class OllamaDialect:
+    """A generation in Ollama's words: NDJSON lines or one object, errors as ``{"error"}``."""
 
-    def __init__(self, stream: GenerationStream, timings: Timings) -> None:
-        self._stream = stream
-        self.timings = timings
-        self.served_by = stream.served_by
+    chat: bool
+    model: str  # as the client named it
+    timings: Timings
+    top_logprobs: int | None  # None: the request did not ask for logprobs
+    name = "ollama"
+    media_type = NDJSON
 
-    async def _events(self) -> AsyncIterator[GenerationEvent]:
-        async for event in self._stream:
-            if isinstance(event, TokenDelta):
-                self.timings.first_token = self.timings.first_token or time.monotonic_ns()
-            elif isinstance(event, Finished | GenerationFailed):
-                self.timings.finished = time.monotonic_ns()
-            yield event
+    def error(self, request: Request, exc: ServiceError) -> Response:
+        return ollama_exception_handler(request, exc)
 
-    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
-        return self._events()
+    def admitted(self, streams: list[GenerationStream]) -> list[GenerationStream]:
+        self.timings.admitted = time.monotonic_ns()
+        return [TimedStream(stream, self.timings) for stream in streams]
 
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+    def stream_body(
+        self, events: AsyncIterator[tuple[int, GenerationEvent]], request_ids: Sequence[str]
+    ) -> AsyncGenerator[bytes, None]:
+        reply = StreamedReply(self.chat, self.model, self.timings, self.top_logprobs)
+        return ndjson_lines(events, request_ids[0], reply)
 
-
-async def ndjson_lines(
-    events: AsyncIterator[tuple[int, GenerationEvent]], request_id: str, reply: StreamedReply
-) -> AsyncIterator[bytes]:
-    """The body of a streamed reply; closing it (or cancelling it) closes the stream."""
-    try:
-        async for _index, event in events:
-            for line in reply.on_event(event):
-                yield json_encoder.encode(line) + b"\n"
-            if reply.done:
-                break
-    except Exception:
-        # Headers are gone already: the error can only travel as a line.
-        log.exception("api.stream_error", request_id=request_id)
-        error = OllamaError(error="internal error while streaming; see the supervisor log")
-        yield json_encoder.encode(error) + b"\n"
-    finally:
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-
-
-def _error(request: Request, exc: ServiceError, headers: dict[str, str]) -> Response:
-    response = ollama_exception_handler(request, exc)
-    response.headers.update(headers)
-    return response
+    def whole_reply(self, results: list[ChoiceResult]) -> object:
+        [result] = results
+        top = self.top_logprobs
+        return full_reply(self.chat, self.model, result, self.timings, top, time.time())

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
+from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
-from api.limits import MAX_SEED, StopList, StopString
+from api.edge.limits import MAX_SEED, StopList, StopString
 
 # --------------------------------------------------------------------------- #
 # Shared request pieces
@@ -46,6 +46,11 @@ class FunctionSpec(Struct):
 class Tool(Struct):
     function: FunctionSpec
     type: Literal["function"] = "function"
+
+
+# /schema names a component by its module when both dialects have a class of that name;
+# these keys pin the names they had before the modules moved, so /schema stays the same.
+ToolEntry = Annotated[Tool, KwargDefinition(schema_component_key="openai_models_Tool")]
 
 
 class NamedFunction(Struct):
@@ -147,7 +152,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    tools: list[Tool] | None = None
+    tools: list[ToolEntry] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -197,6 +202,11 @@ class ToolCallOut(Struct):
     type: str = "function"
 
 
+ToolCallOutEntry = Annotated[
+    ToolCallOut, KwargDefinition(schema_component_key="openai_models_ToolCallOut")
+]
+
+
 class DeltaToolCall(Struct):
     index: int
     id: str
@@ -225,7 +235,7 @@ class ChatLogprobs(Struct):
 class AssistantMessage(Struct, omit_defaults=True):
     role: str
     content: str | None
-    tool_calls: list[ToolCallOut] | None = None
+    tool_calls: list[ToolCallOutEntry] | None = None
 
 
 class ChatChoice(Struct):
@@ -300,36 +310,3 @@ class ModelCard(Struct, tag_field="object", tag="model"):
 
 class ModelList(Struct, tag_field="object", tag="list"):
     data: list[ModelCard]
-
-
-class ErrorDetail(Struct):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-}
-
-
-class ErrorResponse(Struct):
-    error: ErrorDetail
-
-
-def error_body(
-    status: int, message: str, *, param: str | None = None, code: str | None = None
-) -> ErrorResponse:
-    """OpenAI's error shape for an HTTP status."""
-    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return ErrorResponse(ErrorDetail(message=message, type=kind, param=param, code=code))
-
-
-json_encoder = msgspec.json.Encoder()

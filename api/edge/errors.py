@@ -1,4 +1,4 @@
-"""Every failure answered in OpenAI's error shape, in one line, never with a traceback."""
+"""Every failure answered in the house error shape, in one line, never with a traceback."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from litestar.exceptions import (
 from litestar.utils.scope.state import ScopeState
 
 from actors.protocol import GenerationFailed
-from api.limits import MAX_SCHEMA_DEPTH, too_deep_field
-from api.openai_models import error_body
+from api.edge.error_shape import error_body
+from api.edge.limits import MAX_SCHEMA_DEPTH, too_deep_field
 from supervisor.service import ServiceError
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Guard, Receive, Scope, Send
 
-from api.openai_models import error_body
+from api.edge.error_shape import error_body
 
 INFERENCE_DENIED = "missing or wrong API key; send the header 'Authorization: Bearer <key>'"
 ADMIN_MISSING = (

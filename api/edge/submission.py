@@ -1,4 +1,4 @@
-"""The HTTP edge of generation: submit choices, merge their events, stream or collect them.
+"""Generation streams at the HTTP edge: submit choices, merge their events, collect them.
 
 Whatever way a response ends (done, failed, client gone), every GenerationStream is
 ``aclose()``d exactly here, so cancellation always reaches the actor.
@@ -24,10 +24,8 @@ from actors.protocol import (
     GenerationFailed,
     GenerationRequest,
 )
-from api.errors import failure_error
-from api.openai import ChoiceResult
-from api.openai_models import error_body
-from api.openai_stream import DONE, StreamAssembler, sse
+from api.edge.choices import ChoiceResult
+from api.edge.errors import failure_error
 from supervisor.service import GenerationService, GenerationStream
 
 log = structlog.get_logger(__name__)
@@ -145,33 +143,6 @@ async def _after(
         yield first
         async for item in events:
             yield item
-    finally:
-        with anyio.CancelScope(shield=True):
-            await events.aclose()
-
-
-async def sse_frames(
-    events: AsyncIterator[tuple[int, GenerationEvent]],
-    request_ids: Sequence[str],
-    assembler: StreamAssembler,
-) -> AsyncIterator[bytes]:
-    """The body of a streamed response; closing it (or cancelling it) closes every stream."""
-    try:
-        for frame in assembler.opening():
-            yield frame
-        async for index, event in events:
-            for frame in assembler.on_event(index, event):
-                yield frame
-            if assembler.done:
-                break
-        if not assembler.failed:
-            for frame in assembler.closing():
-                yield frame
-    except Exception:
-        # Headers are gone already: the error can only travel as an event.
-        log.exception("api.stream_error", request_id=request_ids[0])
-        yield sse(error_body(500, "internal error while streaming; see the supervisor log"))
-        yield DONE
     finally:
         with anyio.CancelScope(shield=True):
             await events.aclose()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
-from api.limits import MAX_SEED, StopList, StopString
+from api.edge.limits import MAX_SEED, StopList, StopString
 
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
@@ -73,6 +74,11 @@ class Tool(Struct, kw_only=True):
     type: Literal["function"] = "function"
 
 
+# /schema names a component by its module when both dialects have a class of that name;
+# these keys pin the names they had before the modules moved, so /schema stays the same.
+ToolEntry = Annotated[Tool, KwargDefinition(schema_component_key="ollama_models_Tool")]
+
+
 # "" or "json" (JSON mode) or a JSON schema object (structured output)
 Format = Literal["", "json"] | dict[str, Any]
 Think = bool | Literal["low", "medium", "high"]
@@ -93,7 +99,7 @@ class GenerationFields(Struct, kw_only=True):
 
 class ChatRequest(GenerationFields, kw_only=True):
     messages: list[Message] = []  # empty: just load the model
-    tools: list[Tool] | None = None
+    tools: list[ToolEntry] | None = None
 
 
 class GenerateRequest(GenerationFields, kw_only=True):
@@ -139,10 +145,15 @@ class ToolCallOut(Struct, omit_defaults=True):
     id: str | None = None
 
 
+ToolCallOutEntry = Annotated[
+    ToolCallOut, KwargDefinition(schema_component_key="ollama_models_ToolCallOut")
+]
+
+
 class MessageOut(Struct, omit_defaults=True):
     role: str
     content: str
-    tool_calls: list[ToolCallOut] | None = None
+    tool_calls: list[ToolCallOutEntry] | None = None
 
 
 class _Reply(Struct, kw_only=True, omit_defaults=True):

@@ -1,7 +1,7 @@
-"""OpenAI bodies -> internal GenerationRequests, and generation events -> OpenAI responses.
+"""OpenAI request bodies -> internal GenerationRequests, one per choice.
 
-Pure functions over plain data: nothing here touches HTTP, sockets or actors.
-Streaming chunk assembly lives in ``api.openai_stream``.
+Pure functions over plain data: nothing here touches HTTP, sockets or actors. Events go
+back to OpenAI's shapes in ``api.openai.replies`` (whole) and ``api.openai.stream`` (SSE).
 """
 
 from __future__ import annotations
@@ -10,47 +10,24 @@ import msgspec
 
 from actors.protocol import (
     ChatMessage,
-    Finished,
-    GenerationEvent,
-    GenerationFailed,
     GenerationRequest,
     ResponseFormat,
     SamplingParams,
-    TokenDelta,
-    TokenLogprob,
     ToolCall,
     ToolSpec,
-    Usage,
 )
-from api.limits import check_schema, choice_seed
-from api.openai_models import (
-    AssistantMessage,
-    ChatChoice,
+from api.edge.limits import check_schema, choice_seed
+from api.openai.protocol import (
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatLogprobs,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
-    CompletionResponse,
     NamedToolChoice,
-    PromptTokensDetails,
     RequestMessage,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
     SamplingFields,
-    TokenLogprobOut,
-    ToolCallOut,
-    TopLogprobOut,
-    UsageInfo,
 )
-from api.openai_models import FunctionCallOut as _FunctionOut
-from api.openai_models import ResponseFormat as ResponseFormatBody
+from api.openai.protocol import ResponseFormat as ResponseFormatBody
 from supervisor.service import BadRequest
-
-# --------------------------------------------------------------------------- #
-# Requests
-# --------------------------------------------------------------------------- #
 
 
 def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:
@@ -247,148 +224,3 @@ def _prompt(prompt: str | list) -> str:
     if all(isinstance(p, int | list) for p in prompt):
         raise BadRequest("prompt: token-id arrays are not supported; send text", param="prompt")
     raise BadRequest("prompt: expected a string or a list of one string", param="prompt")
-
-
-# --------------------------------------------------------------------------- #
-# Events -> non-streamed responses
-# --------------------------------------------------------------------------- #
-
-
-class ChoiceResult:
-    """What one choice's event stream adds up to."""
-
-    def __init__(self) -> None:
-        self.text_parts: list[str] = []
-        self.logprobs: list[TokenLogprob] = []
-        self.tool_calls: list[ToolCall] = []
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-        self.failure: GenerationFailed | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.text_parts)
-
-    def add(self, event: GenerationEvent) -> None:
-        if isinstance(event, TokenDelta):
-            self.text_parts.append(event.text)
-            self.logprobs.extend(event.logprobs or ())
-            add_new_tool_calls(self.tool_calls, event.tool_calls)
-        elif isinstance(event, Finished):
-            add_new_tool_calls(self.tool_calls, event.tool_calls)
-            self.usage = event.usage
-            self.finish_reason = finish_reason(event.finish_reason, bool(self.tool_calls))
-        else:
-            self.failure = event
-
-
-def add_new_tool_calls(seen: list[ToolCall], calls: list[ToolCall] | None) -> list[ToolCall]:
-    """Append calls not seen yet (by id) and return them: Finished may repeat streamed ones."""
-    known = {c.id for c in seen}
-    new = [c for c in calls or () if c.id not in known]
-    seen.extend(new)
-    return new
-
-
-def finish_reason(reason: str, has_tool_calls: bool) -> str:
-    if has_tool_calls and reason in ("stop", "tool_calls"):
-        return "tool_calls"
-    # OpenAI clients with strict enums know no "cancelled"; generation simply stopped.
-    return "stop" if reason == "cancelled" else reason
-
-
-def total_usage(usages: list[Usage]) -> UsageInfo:
-    """Usage of a request: the prompt counted once (as OpenAI does for n>1), completions summed."""
-    prompt = usages[0].prompt_tokens if usages else 0
-    cached = usages[0].cached_tokens if usages else 0
-    completion = sum(u.completion_tokens for u in usages)
-    return UsageInfo(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-    )
-
-
-def tool_calls_out(calls: list[ToolCall]) -> list[ToolCallOut]:
-    return [ToolCallOut(id=c.id, function=_FunctionOut(c.name, c.arguments)) for c in calls]
-
-
-def chat_logprobs(logprobs: list[TokenLogprob], top_n: int) -> ChatLogprobs:
-    return ChatLogprobs(
-        content=[
-            TokenLogprobOut(
-                token=lp.token,
-                logprob=lp.logprob,
-                bytes=list(lp.token.encode()),
-                top_logprobs=[
-                    TopLogprobOut(t.token, t.logprob, list(t.token.encode()))
-                    for t in lp.top[:top_n]
-                ],
-            )
-            for lp in logprobs
-        ]
-    )
-
-
-def completion_logprobs(
-    logprobs: list[TokenLogprob], top_n: int, offset: int = 0
-) -> CompletionLogprobs:
-    """Legacy shape; ``offset`` is where the first token starts in the choice's text."""
-    offsets = []
-    for lp in logprobs:
-        offsets.append(offset)
-        offset += len(lp.token)
-    return CompletionLogprobs(
-        tokens=[lp.token for lp in logprobs],
-        token_logprobs=[lp.logprob for lp in logprobs],
-        # As vLLM does: the top N plus the sampled token itself.
-        top_logprobs=[
-            {t.token: t.logprob for t in lp.top[:top_n]} | {lp.token: lp.logprob} for lp in logprobs
-        ],
-        text_offset=offsets,
-    )
-
-
-def chat_response(
-    response_id: str,
-    model: str,
-    created: int,
-    results: list[ChoiceResult],
-    top_logprobs: int | None,
-) -> ChatCompletionResponse:
-    """``top_logprobs`` is None when the request did not ask for logprobs."""
-    choices = []
-    for i, r in enumerate(results):
-        text = r.text
-        message = AssistantMessage(
-            role="assistant",
-            content=text if text or not r.tool_calls else None,
-            tool_calls=tool_calls_out(r.tool_calls) or None,
-        )
-        lps = None if top_logprobs is None else chat_logprobs(r.logprobs, top_logprobs)
-        choices.append(ChatChoice(i, message, lps, r.finish_reason))
-    usage = total_usage([r.usage for r in results if r.usage])
-    return ChatCompletionResponse(response_id, created, model, choices, usage)
-
-
-def completion_response(
-    response_id: str,
-    model: str,
-    created: int,
-    results: list[ChoiceResult],
-    top_logprobs: int | None,
-) -> CompletionResponse:
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=r.text,
-            logprobs=None
-            if top_logprobs is None
-            else completion_logprobs(r.logprobs, top_logprobs),
-            finish_reason=r.finish_reason,
-        )
-        for i, r in enumerate(results)
-    ]
-    usage = total_usage([r.usage for r in results if r.usage])
-    return CompletionResponse(response_id, created, model, choices, usage)

@@ -1,20 +1,20 @@
 """Generation events -> OpenAI server-sent-event chunks, one assembler per streamed response.
 
 Pure bookkeeping: an assembler is fed ``(choice index, event)`` pairs and hands back the
-SSE frames to write, so the HTTP layer only moves bytes.
+SSE frames to write; ``sse_frames`` turns them into the body of the response.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import structlog
+
 from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta, ToolCall, Usage
-from api.openai import (
-    add_new_tool_calls,
-    chat_logprobs,
-    completion_logprobs,
-    finish_reason,
-    total_usage,
-)
-from api.openai_models import (
+from api.edge.choices import add_new_tool_calls
+from api.edge.error_shape import error_body, json_encoder
+from api.openai.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
     CompletionChoice,
@@ -23,9 +23,10 @@ from api.openai_models import (
     DeltaToolCall,
     FunctionCallOut,
     UsageInfo,
-    error_body,
-    json_encoder,
 )
+from api.openai.replies import chat_logprobs, completion_logprobs, finish_reason, total_usage
+
+log = structlog.get_logger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -160,3 +161,30 @@ class CompletionStreamAssembler(StreamAssembler):
 
     def _usage_chunk(self, usage: UsageInfo) -> object:
         return CompletionResponse(self.response_id, self.created, self.model, [], usage=usage)
+
+
+async def sse_frames(
+    events: AsyncIterator[tuple[int, GenerationEvent]],
+    request_ids: Sequence[str],
+    assembler: StreamAssembler,
+) -> AsyncIterator[bytes]:
+    """The body of a streamed response; closing it (or cancelling it) closes every stream."""
+    try:
+        for frame in assembler.opening():
+            yield frame
+        async for index, event in events:
+            for frame in assembler.on_event(index, event):
+                yield frame
+            if assembler.done:
+                break
+        if not assembler.failed:
+            for frame in assembler.closing():
+                yield frame
+    except Exception:
+        # Headers are gone already: the error can only travel as an event.
+        log.exception("api.stream_error", request_id=request_ids[0])
+        yield sse(error_body(500, "internal error while streaming; see the supervisor log"))
+        yield DONE
+    finally:
+        with anyio.CancelScope(shield=True):
+            await events.aclose()

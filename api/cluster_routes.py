@@ -13,8 +13,8 @@ from typing import Annotated
 from litestar import Router, delete, get, post
 from litestar.params import Parameter
 
-from api.guards import Keys, json_body_only, require_admin, require_join
-from api.routes_openai import ERROR_RESPONSES, error_response
+from api.edge.error_shape import ERROR_RESPONSES, error_response
+from api.edge.guards import Keys, json_body_only, require_admin, require_join
 from supervisor.service import HostJoin, Membership
 
 _DENIED = {
