@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING
 
 import structlog
 
+from supervisor.cluster import Cluster
 from supervisor.hostfile import GroupSpec, HostSpec, is_local
 from supervisor.hostfile_validation import (
     Problem,
@@ -34,9 +34,6 @@ from supervisor.ssh_target import (
     parse_ssh_target,
     resolve_endpoint,
 )
-
-if TYPE_CHECKING:
-    from supervisor.cluster import Cluster
 
 log = structlog.get_logger()
 
@@ -128,8 +125,7 @@ class ClusterMembership:
         self._leaving.add(node)
         try:
             groups = cluster.groups_on(node)
-            for group in groups:
-                group.leaving = True
+            cluster.leave(groups)
             drained = await cluster.wait_idle([g.name for g in groups], drain_timeout)
             for group in groups:
                 await cluster.remove_group(group)

@@ -8,13 +8,15 @@ usage counts the resumed tokens as completion tokens, so usage counts once).
 A failure that is the request's own (``retryable=False``) ends the stream as is.
 Placement may wait for a restarting group, the lost one included when no other group
 is alive (``ClusterService.place``); a request is placed at most ``MAX_PLACEMENTS`` times.
+
+Its accounting is ClusterState's: the stream says what happened (started on a group owing
+so many tokens, delivered tokens, moved, ended) and the state counts, once.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
@@ -27,12 +29,10 @@ from actors.protocol import (
     TokenDelta,
     Usage,
 )
-from supervisor.events import RequestEnded, RequestMoved, RequestStarted
+from supervisor.placement import Placement, ServedGroup
 from supervisor.service import ServiceError
 from supervisor.state import ClusterState
-
-if TYPE_CHECKING:
-    from supervisor.serving import ServedGroup
+from supervisor.state.events import RequestEnded, RequestMoved, RequestStarted, TokensDelivered
 
 log = structlog.get_logger()
 
@@ -44,23 +44,11 @@ DEFAULT_BUDGET = 512
 MAX_PLACEMENTS = 4
 
 
-class Placement(Protocol):
-    """The service side a stream needs: another group, and the router's bookkeeping."""
-
-    async def place(
-        self, request: GenerationRequest, exclude: Collection[str] = ()
-    ) -> ServedGroup: ...
-
-    def owe(self, group: str, tokens: int) -> None: ...
-
-    def cool(self, group: str) -> None: ...
-
-
 class RoutedStream:
     """One request on a group's leader, accounted for in ClusterState exactly once.
 
-    ``served_by`` is the group chosen at submit; ``groups`` lists every group that
-    served the request, in order, once it has failed over.
+    ``served_by`` is the group chosen at submit; the groups that served it since, in
+    order, are the state's (``ClusterState.requests``).
     """
 
     def __init__(
@@ -75,14 +63,10 @@ class RoutedStream:
         self._group = group
         self._request = request
         self.served_by = group.name
-        self.groups = [group.name]
-        self._sent: list[int] = []  # token ids yielded to the client
-        self._credited = 0  # of those, tokens credited to groups already left
-        self._owed = 0  # tokens the current group still owes (router's queued tokens)
+        self._sent: list[int] = []  # token ids yielded to the client: a failover resumes them
         self._ended = False
         self._gen = self._run()
-        state.apply(RequestStarted(request.request_id, group.name, request.model))
-        self._promise()
+        state.apply(RequestStarted(request.request_id, group.name, request.model, self._owed()))
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._gen
@@ -103,7 +87,8 @@ class RoutedStream:
                             continue
                         if isinstance(event, TokenDelta):
                             self._sent.extend(event.token_ids)
-                            self._deliver(len(event.token_ids))
+                            rid = self._request.request_id
+                            self._state.apply(TokensDelivered(rid, len(event.token_ids)))
                         elif isinstance(event, Finished):
                             outcome, usage = event.finish_reason, event.usage
                         elif isinstance(event, GenerationFailed):
@@ -121,8 +106,8 @@ class RoutedStream:
 
     def _attempt(self) -> AsyncIterator[GenerationEvent]:
         """The current group's events for the request, resumed from the tokens already sent."""
-        leader = self._group.leader
-        if leader is None or not leader.is_open:
+        leader = self._placement.leader(self._group)
+        if leader is None:
             return _one(self._lost_event(f"group {self._group.name} is not ready"))
         request = self._request
         if self._sent:
@@ -134,13 +119,14 @@ class RoutedStream:
         """Move to another group of the model; the failure to report if there is none."""
         old = self._group.name
         self._placement.cool(old)
-        if len(self.groups) >= MAX_PLACEMENTS:
+        placed = self._state.requests[self._request.request_id].groups
+        if len(placed) >= MAX_PLACEMENTS:
             return self._lost_event(
-                f"{lost.message}; given up after {len(self.groups)} placements "
-                f"({', '.join(self.groups)}), each lost"
+                f"{lost.message}; given up after {len(placed)} placements "
+                f"({', '.join(placed)}), each lost"
             )
         try:
-            group = await self._placement.place(self._request, exclude=self.groups)
+            group = await self._placement.place(self._request, exclude=placed)
         except ServiceError as exc:
             log.warning(
                 "request_failover_impossible",
@@ -150,13 +136,8 @@ class RoutedStream:
                 error=exc.message,
             )
             return self._lost_event(f"{lost.message}; {exc.message}")
-        self._placement.owe(old, -self._owed)
-        moved = len(self._sent) - self._credited
-        self._state.apply(RequestMoved(self._request.request_id, old, group.name, moved))
-        self._credited = len(self._sent)
+        self._state.apply(RequestMoved(self._request.request_id, old, group.name, self._owed()))
         self._group = group
-        self.groups.append(group.name)
-        self._promise()
         log.info(
             "request_failover",
             request_id=self._request.request_id,
@@ -170,32 +151,22 @@ class RoutedStream:
     def _lost_event(self, message: str) -> GenerationFailed:
         return GenerationFailed(self._request.request_id, message, retryable=True, status=503)
 
-    def _promise(self) -> None:
+    def _owed(self) -> int:
+        """Tokens a group placed now promises the request: its budget, less those given."""
         budget = self._request.max_tokens or DEFAULT_BUDGET
-        self._owed = max(0, budget - len(self._request.resume_tokens) - len(self._sent))
-        self._placement.owe(self._group.name, self._owed)
-
-    def _deliver(self, tokens: int) -> None:
-        tokens = min(tokens, self._owed)
-        self._owed -= tokens
-        self._placement.owe(self._group.name, -tokens)
+        return max(0, budget - len(self._request.resume_tokens) - len(self._sent))
 
     def _end(self, outcome: str, usage: Usage | None = None, error: str = "") -> None:
         if self._ended:
             return
         self._ended = True
-        self._placement.owe(self._group.name, -self._owed)
-        self._owed = 0
         self._state.apply(
             RequestEnded(
                 self._request.request_id,
-                self._group.name,
                 outcome,
                 completion_tokens=usage.completion_tokens if usage else len(self._sent),
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 error=error,
-                groups=tuple(self.groups),
-                resumed_tokens=self._credited,
             )
         )
 

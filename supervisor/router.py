@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
@@ -274,49 +273,3 @@ class RouterBook:
         ttl = self.config.session_ttl
         self.sessions = {k: s for k, s in self.sessions.items() if now - s.last_seen <= ttl}
         self.cooldowns = {g: t for g, t in self.cooldowns.items() if t > now}
-
-
-# --------------------------------------------------------------------------- #
-# Figures for status
-# --------------------------------------------------------------------------- #
-
-
-class RouterStats:
-    """Decisions by reason, recent decision times and failovers, for /api/cluster/status."""
-
-    def __init__(self, policy: str = "least_loaded", session_ttl: float = 600.0, cooldown=5.0):
-        self.policy = policy
-        self.session_ttl = session_ttl
-        self.cooldown = cooldown
-        self.decisions: dict[str, int] = {}
-        self.sessions = 0
-        self.failovers = 0
-        self._times: deque[float] = deque(maxlen=4096)
-
-    def record(self, reason: str, seconds: float, sessions: int) -> None:
-        self.decisions[reason] = self.decisions.get(reason, 0) + 1
-        self.sessions = sessions
-        self._times.append(seconds)
-
-    def json(self) -> dict:
-        times = sorted(self._times)
-        return {
-            "policy": self.policy,
-            "session_ttl": self.session_ttl,
-            "cooldown": self.cooldown,
-            "sessions": self.sessions,
-            "decisions": dict(self.decisions),
-            "failovers": self.failovers,
-            "decision_cpu_us": {
-                "p50": round(percentile(times, 0.50) * 1e6, 1),
-                "p99": round(percentile(times, 0.99) * 1e6, 1),
-                "samples": len(times),
-            },
-        }
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (0 when empty)."""
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

@@ -12,21 +12,23 @@ router, and the waiting rule when no group is ready:
 A request that lost its group mid-stream is placed the same way, away from the groups
 it lost while another group is alive, else back on the one it lost once that restarts.
 Requests waiting for a group count against ``queue_limit`` as placed ones do.
+
+Every fact read here (group states, leaders, load, tokens owed, requests waiting) is
+ClusterState's; the service tells it what it decides (admitted, refused, routed).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Collection
-from typing import Protocol
+from functools import partial
 
 import msgspec
 
 from actors.protocol import GenerationRequest
-from supervisor.events import RouteDecided, RouterDeclared
 from supervisor.handle import ActorHandle
 from supervisor.hostfile import RouterSpec
+from supervisor.placement import ServedGroup
 from supervisor.routed_stream import RoutedStream
 from supervisor.router import (
     Ask,
@@ -45,6 +47,8 @@ from supervisor.service import (
     Unavailable,
 )
 from supervisor.state import ClusterState
+from supervisor.state.events import RequestAdmitted, RequestRefused, RouteDecided, RouterDeclared
+from supervisor.state.views import GroupView
 
 FAILED_RETRY_AFTER = 30.0
 RESTART_RETRY_AFTER = 5.0
@@ -53,21 +57,11 @@ DEFAULT_COOLDOWN = 5.0
 # ~4, code ~3; the longest vocabulary entries are runs of spaces or punctuation). A prompt
 # past context_length x this cannot fit: refused before an actor templates or tokenizes it.
 BYTES_PER_TOKEN_CEILING = 64
-READY_POLL = 0.05  # seconds between looks at a group that is ready but cannot take work
+# A waiting request looks again at least this often (s), whatever the state says.
+LOOK_AGAIN = 1.0
 _NO_HARDWARE = Hardware()
-
-
-class ServedGroup(Protocol):
-    """What the service needs of a supervised generation group."""
-
-    name: str
-    model: str
-    leader: ActorHandle | None
-    failed: bool
-    ready: asyncio.Event
-    context_length: int
-    hardware: Hardware
-    leaving: bool  # being drained away: finishes its work, takes none
+# Group states from which a group will not serve soon (see ClusterService._alive).
+_NOT_COMING = frozenset({"failed", "stopped", "waiting"})
 
 
 class ClusterService:
@@ -91,12 +85,22 @@ class ClusterService:
         self._clock = clock
         spec = router or RouterSpec()
         self._book = RouterBook(RouterConfig(spec.policy, spec.session_ttl, cooldown))
-        self._owed: dict[str, int] = {}  # group -> tokens promised, not yet delivered
-        self.waiting = 0  # admitted requests waiting for a group to become ready
         state.apply(RouterDeclared(spec.policy, spec.session_ttl, cooldown))
 
     def draining(self) -> bool:
         return self._state.draining
+
+    @property
+    def waiting(self) -> int:
+        """Admitted requests waiting for a group to become ready."""
+        return self._state.waiting
+
+    def _view(self, group: ServedGroup) -> GroupView | None:
+        return self._state.groups.get(group.name)
+
+    def _context_length(self, groups: Collection[ServedGroup]) -> int:
+        views = [self._view(g) for g in groups]
+        return max((v.context_length for v in views if v is not None), default=0)
 
     def list_models(self) -> list[ModelInfo]:
         by_model: dict[str, list[ServedGroup]] = {}
@@ -107,8 +111,8 @@ class ClusterService:
                 id=model,
                 created=self._created,
                 groups=[g.name for g in groups],
-                context_length=max((g.context_length for g in groups), default=0),
-                ready=any(g.leader is not None for g in groups),
+                context_length=self._context_length(groups),
+                ready=any((v := self._view(g)) is not None and v.leader for g in groups),
             )
             for model, groups in by_model.items()
         ]
@@ -129,18 +133,18 @@ class ClusterService:
                 f"of {self._queue_limit}; retry shortly",
                 retry_after=1,
             )
-        self.waiting += 1
+        self._state.apply(RequestAdmitted(request.request_id, request.model))
         try:
             group = await self.place(request)
-        finally:
-            self.waiting -= 1
+        except BaseException as exc:  # also the client hanging up while it waits
+            reason = exc.message if isinstance(exc, Unavailable) else type(exc).__name__
+            self._state.apply(RequestRefused(request.request_id, reason))
+            raise
         return RoutedStream(self, self._state, group, request)
 
     def _check_size(self, request: GenerationRequest) -> None:
         """Refuse a prompt too large for the model's context by its bytes, before any actor."""
-        context = max(
-            (g.context_length for g in self._groups if g.model == request.model), default=0
-        )
+        context = self._context_length([g for g in self._groups if g.model == request.model])
         if not context:
             return  # no group has been ready yet: the actor's exact check decides
         size, limit = prompt_bytes(request), context * BYTES_PER_TOKEN_CEILING
@@ -175,21 +179,29 @@ class ClusterService:
             remaining = deadline - self._clock()
             if not coming or remaining <= 0:
                 raise self._unavailable(ask, waited=bool(coming))
-            await self._wait_ready(coming, min(remaining, 1.0))
+            await self._state.wait_for(partial(self._news, coming), min(remaining, LOOK_AGAIN))
 
-    async def _wait_ready(self, groups: list[ServedGroup], timeout: float) -> None:
-        """Until one of ``groups`` turns ready, at most ``timeout`` (a group may also fail)."""
-        if all(g.ready.is_set() for g in groups):
-            # Ready yet not chosen: its actor was lost a moment ago and the supervisor has
-            # not cleared it yet. Poll rather than spin on the set events.
-            await asyncio.sleep(min(timeout, READY_POLL))
-            return
-        waits = [asyncio.ensure_future(g.ready.wait()) for g in groups if not g.ready.is_set()]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the client hangs up meanwhile
-            for w in waits:
-                w.cancel()
+    def _news(self, groups: list[ServedGroup]) -> bool:
+        """Whether one of ``groups`` can take work now, or will not come any more.
+
+        A group the state calls ready whose leader's connection just closed is neither:
+        the supervisor is about to say it is restarting.
+        """
+        for group in groups:
+            view = self._view(group)
+            if view is None or view.leaving or view.state in _NOT_COMING:
+                return True
+            if self.leader(group) is not None:
+                return True
+        return False
+
+    def leader(self, group: ServedGroup) -> ActorHandle | None:
+        """The open handle of ``group``'s leader while the state says it is ready."""
+        view = self._view(group)
+        if view is None or view.leader is None:
+            return None
+        handle = group.handle(view.leader)
+        return handle if handle is not None and handle.is_open else None
 
     def _decide(self, ask: Ask) -> ServedGroup | None:
         began = time.thread_time()  # CPU time: a busy host's preemptions are not the router's
@@ -206,14 +218,15 @@ class ClusterService:
         return next((g for g in serving if g.name == decision.group), None)
 
     def _load(self, group: ServedGroup, free: dict[str, float] | None) -> GroupLoad:
-        view = self._state.groups.get(group.name)
-        leader = group.leader
+        view = self._view(group)
+        if view is None:  # left the cluster a moment ago
+            return GroupLoad(group.name, group.model, ready=False)
         return GroupLoad(
             group.name,
             group.model,
-            leader is not None and leader.is_open and not group.leaving,
-            view.in_flight if view is not None else 0,
-            self._owed.get(group.name, 0),
+            not view.leaving and self.leader(group) is not None,
+            view.in_flight,
+            view.queued_tokens,
             _NO_HARDWARE if free is None else self._hardware(group, free),
         )
 
@@ -228,7 +241,7 @@ class ClusterService:
     def _hardware(self, group: ServedGroup, free: dict[str, float]) -> Hardware:
         """The hostfile's hints for ``group`` plus its nodes' lowest free memory."""
         hints: Hardware = getattr(group, "hardware", _NO_HARDWARE)
-        view = self._state.groups.get(group.name)
+        view = self._view(group)
         known = [free[n] for n in (view.nodes if view is not None else ()) if n in free]
         if not known:
             return hints
@@ -240,10 +253,10 @@ class ClusterService:
         told so at once beats one held for ``ready_wait``)."""
         out = []
         for g in self._groups:
-            view = self._state.groups.get(g.name)
-            if g.model != model or g.failed or g.leaving or view is None:
+            view = self._view(g)
+            if g.model != model or view is None or view.leaving:
                 continue
-            if view.state not in ("failed", "stopped", "waiting"):
+            if view.state not in _NOT_COMING:
                 out.append(g)
         return out
 
@@ -254,7 +267,7 @@ class ClusterService:
             return Unavailable(
                 f"no other group serves {model}; retry shortly", retry_after=RESTART_RETRY_AFTER
             )
-        if all(g.failed for g in left):
+        if all((v := self._view(g)) is not None and v.state == "failed" for g in left):
             reasons = "; ".join(self._reason(g.name) for g in left)
             return Unavailable(
                 f"every group serving {model} has failed ({reasons})",
@@ -280,18 +293,9 @@ class ClusterService:
 
     # ------------------------------------------------------------ stream callbacks
 
-    def owe(self, group: str, tokens: int) -> None:
-        """Change the tokens ``group`` still owes its requests (the router's queued tokens)."""
-        left = self._owed.get(group, 0) + tokens
-        if left > 0:
-            self._owed[group] = left
-        else:
-            self._owed.pop(group, None)
-
     def forget_group(self, group: str) -> None:
         """A group that left the cluster: drop what the router remembers of it."""
         self._book.forget_group(group)
-        self._owed.pop(group, None)
 
     def cool(self, group: str) -> None:
         """``group`` just lost a request: other requests pass it over for a while."""

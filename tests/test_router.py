@@ -12,16 +12,15 @@ from supervisor.router import (
     RouterBook,
     RouterConfig,
     RouterMemory,
-    RouterStats,
     Session,
     capacity,
     choose_group,
     combine_hardware,
     headroom,
     parse_chip,
-    percentile,
     session_key,
 )
+from supervisor.state.router_stats import RouterStats, percentile
 
 M = "model-a"
 NOW = 1000.0

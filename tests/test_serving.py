@@ -15,7 +15,6 @@ import time
 import pytest
 
 from actors.protocol import ChatMessage, GenerationRequest, ToolSpec
-from supervisor.events import GroupDeclared, GroupState
 from supervisor.router import Hardware
 from supervisor.service import ContextLengthExceeded, QueueFull, Unavailable
 from supervisor.serving import (
@@ -26,6 +25,7 @@ from supervisor.serving import (
     prompt_bytes,
 )
 from supervisor.state import ClusterState
+from supervisor.state.events import GroupDeclared, GroupLeaving, GroupState
 from tests.conftest import until
 
 MODEL = "m"
@@ -37,29 +37,34 @@ class Leader:
 
 
 class Group:
-    """What the service reads of a supervised group; tests move it through its states."""
+    """A stand-in supervised group; tests move it through its states in the ClusterState."""
 
     def __init__(self, state: ClusterState, name: str, context_length: int = 100):
         self.name, self.model = name, MODEL
-        self.leader: Leader | None = None
-        self.failed = False
-        self.leaving = False
-        self.ready = asyncio.Event()
-        self.context_length = context_length
+        self.context_length = context_length  # what its leader reports when ready
         self.hardware = Hardware()
         self._state = state
         state.apply(GroupDeclared(name, MODEL, ["n"], "none", "ring"))
         self.set("starting")
 
+    def handle(self, actor_id: str) -> Leader:
+        return Leader()
+
+    @property
+    def leaving(self) -> bool:
+        return self._state.groups[self.name].leaving
+
+    @leaving.setter
+    def leaving(self, leaving: bool) -> None:
+        assert leaving, "a group never comes back from leaving"
+        self._state.apply(GroupLeaving(self.name))
+
     def set(self, state: str) -> None:
-        self._state.apply(GroupState(self.name, state, restarted=state == "restarting"))
-        self.failed = state == "failed"
-        if state == "ready":
-            self.leader = Leader()
-            self.ready.set()
-        else:
-            self.leader = None
-            self.ready.clear()
+        ready = state == "ready"
+        leader = f"{self.name}.rank0" if ready else None
+        context = self.context_length if ready else 0
+        restarted = state == "restarting"
+        self._state.apply(GroupState(self.name, state, "", restarted, context, leader))
 
 
 def service(*names: str, queue_limit: int = 8, ready_wait: float = WAIT):

@@ -1,0 +1,241 @@
+"""What changes the cluster's state: every ``ClusterState.apply`` takes one of these.
+
+Events are frozen, tagged msgspec Structs: the tag is the class name, so a feed of them
+(``ClusterState.subscribe``) encodes to JSON as is. Whoever emits an event states a fact;
+the fold (``supervisor.state.store``) derives every count from the facts.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from actors.protocol import Vitals
+from supervisor.state.views import ActorStateName, GroupStateName, NodeStateName
+
+
+class _Event(msgspec.Struct, frozen=True, tag=True):
+    pass
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class NodeDeclared(_Event, frozen=True):
+    node: str
+    ssh: str
+    local: bool
+
+
+class NodeStatus(_Event, frozen=True):
+    node: str
+    state: NodeStateName
+    reason: str = ""
+
+
+class NodeRemoved(_Event, frozen=True):
+    node: str
+
+
+# -------------------------------------------------------------------------- groups
+
+
+class GroupDeclared(_Event, frozen=True):
+    group: str
+    model: str
+    nodes: list[str]
+    parallel: str
+    backend: str
+
+
+class GroupState(_Event, frozen=True):
+    """The group's supervisor moved it to ``state``.
+
+    ``leader`` (the rank-0 actor id) and ``context_length`` come with "ready"; any other
+    state leaves the group without a leader. ``restarted``: a start that is a restart.
+    """
+
+    group: str
+    state: GroupStateName
+    reason: str = ""
+    restarted: bool = False
+    context_length: int = 0
+    leader: str | None = None
+
+
+class GroupLeaving(_Event, frozen=True):
+    """The group is drained away: it finishes its work and the router gives it none."""
+
+    group: str
+
+
+class GroupRemoved(_Event, frozen=True):
+    group: str
+
+
+# --------------------------------------------------------------------- supervisors
+
+
+class SupervisorStarted(_Event, frozen=True):
+    """A supervisor's flags: at most ``intensity`` restarts within ``period`` seconds."""
+
+    supervisor: str
+    group: str | None
+    intensity: int
+    period: float
+
+
+class SupervisorRestarted(_Event, frozen=True):
+    """The supervisor restarts its set; ``at`` is its monotonic clock."""
+
+    supervisor: str
+    at: float
+
+
+class SupervisorRemoved(_Event, frozen=True):
+    supervisor: str
+
+
+# -------------------------------------------------------------------------- actors
+
+
+class ActorStarting(_Event, frozen=True):
+    actor_id: str
+    kind: str
+    node: str
+    group: str | None = None
+    rank: int = 0
+
+
+class ActorSpawned(_Event, frozen=True):
+    actor_id: str
+    pid: int
+
+
+class ActorHeartbeat(_Event, frozen=True):
+    actor_id: str
+    vitals: Vitals
+
+
+class ActorLoading(_Event, frozen=True):
+    actor_id: str
+    stage: str
+    fraction: float
+
+
+class ActorReady(_Event, frozen=True):
+    actor_id: str
+    info: dict[str, str] = {}
+
+
+class ActorStopped(_Event, frozen=True):
+    actor_id: str
+    state: ActorStateName
+    reason: str = ""
+
+
+class ActorRestarted(_Event, frozen=True):
+    actor_id: str
+
+
+# ------------------------------------------------------------------------ requests
+
+
+class RequestAdmitted(_Event, frozen=True):
+    """Admitted (not draining, a known model, room in the queue); waiting for a group."""
+
+    request_id: str
+    model: str
+
+
+class RequestRefused(_Event, frozen=True):
+    """An admitted request no group could take (503)."""
+
+    request_id: str
+    reason: str
+
+
+class RequestStarted(_Event, frozen=True):
+    """Placed on ``group``, which owes it ``owed`` tokens (the router's queued tokens)."""
+
+    request_id: str
+    group: str
+    model: str
+    owed: int = 0
+
+
+class TokensDelivered(_Event, frozen=True):
+    """``tokens`` more completion tokens went to the request's client."""
+
+    request_id: str
+    tokens: int
+
+
+class RequestMoved(_Event, frozen=True):
+    """The request's group was lost; it goes on on ``to_group`` from the tokens already
+    sent, which owes it ``owed`` more. The tokens ``from_group`` delivered are its own."""
+
+    request_id: str
+    from_group: str
+    to_group: str
+    owed: int = 0
+
+
+class RequestEnded(_Event, frozen=True):
+    request_id: str
+    outcome: str  # finish reason, or "error" or "cancelled"
+    completion_tokens: int = 0  # every group's, failovers included
+    prompt_tokens: int = 0
+    error: str = ""
+
+
+# -------------------------------------------------------------------------- router
+
+
+class RouterDeclared(_Event, frozen=True):
+    policy: str
+    session_ttl: float
+    cooldown: float
+
+
+class RouteDecided(_Event, frozen=True):
+    group: str | None
+    reason: str
+    seconds: float  # CPU time the decision took
+    sessions: int = 0
+
+
+# ------------------------------------------------------------------------- cluster
+
+
+class DrainStarted(_Event, frozen=True):
+    """The server is shutting down: new work is refused, work in flight finishes."""
+
+
+Event = (
+    NodeDeclared
+    | NodeStatus
+    | NodeRemoved
+    | GroupDeclared
+    | GroupState
+    | GroupLeaving
+    | GroupRemoved
+    | SupervisorStarted
+    | SupervisorRestarted
+    | SupervisorRemoved
+    | ActorStarting
+    | ActorSpawned
+    | ActorHeartbeat
+    | ActorLoading
+    | ActorReady
+    | ActorStopped
+    | ActorRestarted
+    | RequestAdmitted
+    | RequestRefused
+    | RequestStarted
+    | TokensDelivered
+    | RequestMoved
+    | RequestEnded
+    | RouterDeclared
+    | RouteDecided
+    | DrainStarted
+)
