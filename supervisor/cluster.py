@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Callable
+from typing import assert_never
 
 import structlog
 
 from actors.fake_engine import parse_fake_spec, served_model
 from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
-from supervisor.events import GroupDeclared, GroupRemoved, NodeDeclared, NodeRemoved, NodeStatus
+from supervisor.escalation import ClusterDown, GroupDown, NodeDown, Supervised, escalate
 from supervisor.handle import ActorHandle
 from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local, port_count
+from supervisor.policy import SupervisorFlags, supervisor_flags
 from supervisor.ranks import (
     cpu_environment,
     cpu_slots,
@@ -26,6 +27,16 @@ from supervisor.router import Hardware, combine_hardware
 from supervisor.serving import ClusterService
 from supervisor.spawner import LocalSpawner, Spawner, openblas_path
 from supervisor.state import ClusterState
+from supervisor.state.events import (
+    DrainStarted,
+    GroupDeclared,
+    GroupLeaving,
+    GroupRemoved,
+    NodeDeclared,
+    NodeRemoved,
+    NodeStatus,
+    SupervisorRemoved,
+)
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 
 log = structlog.get_logger()
@@ -36,7 +47,8 @@ def node_name(host: HostSpec) -> str:
 
 
 class GenerationGroup:
-    """A supervised generation group as the service sees it."""
+    """A supervised generation group as the service sees it (a ServedGroup): what the
+    hostfile says of it, and its supervisor; its facts are the ClusterState's."""
 
     def __init__(self, spec: GroupSpec, supervisor: ChildSupervisor):
         self.name = spec.name
@@ -46,23 +58,9 @@ class GenerationGroup:
             [Hardware(h.chip, h.gpu_cores, h.memory_gb) for h in spec.hosts]
         )
         self.supervisor = supervisor
-        self.leaving = False  # draining away: the router no longer chooses it
 
-    @property
-    def leader(self) -> ActorHandle | None:
-        return self.supervisor.leader
-
-    @property
-    def failed(self) -> bool:
-        return self.supervisor.failed
-
-    @property
-    def ready(self) -> asyncio.Event:
-        return self.supervisor.ready
-
-    @property
-    def context_length(self) -> int:
-        return self.supervisor.context_length
+    def handle(self, actor_id: str) -> ActorHandle | None:
+        return self.supervisor.handle(actor_id)
 
 
 class Cluster:
@@ -74,6 +72,10 @@ class Cluster:
         self._token = secrets.token_urlsafe(32)
         r = spec.restart
         self._timeouts = Timeouts(heartbeat=r.heartbeat_timeout, watchdog=r.watchdog_interval)
+        # A group's ranks share one mx.distributed world: one fails, all restart. Each
+        # node actor is alone in its set (a ChildSupervisor per node).
+        self._group_flags = supervisor_flags("one_for_all", r)
+        self._node_flags = supervisor_flags("one_for_one", r)
         # No control.host: loopback when every node is this machine; with remote nodes,
         # every interface, and each remote actor dials back the address its SSH
         # connection came from (a remote "127.0.0.1" would hand the token to itself).
@@ -193,6 +195,7 @@ class Cluster:
             await asyncio.gather(task, return_exceptions=True)
             self._tasks.remove(task)
         self.supervisors.remove(sup)
+        self.state.apply(SupervisorRemoved(sup.name))
 
     def _config(self, actor_id: str, kind: str, host: HostSpec, port: int, **extra) -> ActorConfig:
         return ActorConfig(
@@ -213,22 +216,28 @@ class Cluster:
         spec = ChildSpec(
             self._config(f"{node}.memory", "memory", host, port),
             spawner,
+            restart="permanent",
             env=self._env(host),
             python=host.python,
         )
-        sup = self._child_supervisor(f"{node}.memory", [spec])
+        sup = self._child_supervisor(f"{node}.memory", [spec], self._node_flags)
 
         def on_state(state: str) -> None:
             up = state == "ready"
             # An SSH spawner knows why its host is unreachable (host key, refused, timeout).
             unreachable = getattr(spawner, "last_error", None)
             # "waiting": the host did not answer; its supervisor tries again with the backoff.
-            shown = {"ready": "up", "failed": "down", "waiting": "unreachable"}
+            if state == "failed":
+                return  # escalated: _escalate marks the node down
+            shown = {"ready": "up", "waiting": "unreachable"}
             self.state.apply(
                 NodeStatus(node, shown.get(state, "connecting"), "" if up else unreachable or state)
             )
 
         sup.on_state = on_state
+        sup.on_give_up = lambda reason: self._escalate(
+            "node", node, getattr(spawner, "last_error", None) or reason
+        )
         return sup
 
     def _group_supervisor(self, group: GroupSpec, port: int) -> ChildSupervisor:
@@ -258,6 +267,7 @@ class Cluster:
                     options=options,
                 ),
                 self._spawner_for(host),
+                restart=group.restart,
                 env={
                     **self._env(host),
                     **(ranks[rank] if ranks else {}),
@@ -267,7 +277,22 @@ class Cluster:
             )
             for rank, host in enumerate(group.hosts)
         ]
-        return self._child_supervisor(group.name, children, group=group.name)
+        sup = self._child_supervisor(group.name, children, self._group_flags, group=group.name)
+        sup.on_give_up = lambda reason: self._escalate("group", group.name, reason)
+        return sup
+
+    def _escalate(self, kind: Supervised, name: str, reason: str) -> None:
+        """A supervisor gave up: act by the rule in supervisor.escalation."""
+        states = {g: view.state for g, view in self.state.groups.items()}
+        match escalate(kind, name, reason, states):
+            case NodeDown(node, why):
+                self.state.apply(NodeStatus(node, "down", why))
+            case GroupDown():
+                pass  # it stays down, marked failed by its supervisor; the others serve
+            case ClusterDown(why):
+                log.error("cluster_failed", reason=why)
+            case never:
+                assert_never(never)
 
     def _starting_port(self, group: GroupSpec) -> int | None:
         """The hostfile's ports, or free ones when every rank listens on loopback.
@@ -279,7 +304,11 @@ class Cluster:
         return free_starting_port(port_count(group))
 
     def _child_supervisor(
-        self, name: str, children: list[ChildSpec], group: str | None = None
+        self,
+        name: str,
+        children: list[ChildSpec],
+        flags: SupervisorFlags,
+        group: str | None = None,
     ) -> ChildSupervisor:
         return ChildSupervisor(
             name,
@@ -287,31 +316,31 @@ class Cluster:
             control=self.control,
             state=self.state,
             token=self._token,
-            restart_policy=self.spec.restart,
+            flags=flags,
             timeouts=self._timeouts,
             group=group,
         )
 
     async def drain(self, timeout: float) -> None:
         """Refuse new work (503) and wait for in-flight requests, at most ``timeout`` s."""
-        self.state.draining = True
+        self.state.apply(DrainStarted())
         await self.wait_idle(None, timeout)
         log.info("drained", left_in_flight=self.state.in_flight)
 
     async def wait_idle(self, groups: list[str] | None, timeout: float) -> bool:
         """Wait until ``groups`` (None: all) have nothing in flight; False if time ran out."""
 
-        def busy() -> bool:
+        def idle() -> bool:
             views = self.state.groups
             names = views if groups is None else [g for g in groups if g in views]
-            return any(views[g].in_flight for g in names)
+            return not any(views[g].in_flight for g in names)
 
-        deadline = time.monotonic() + timeout
-        while busy():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+        return await self.state.wait_for(idle, timeout)
+
+    def leave(self, groups: list[GenerationGroup]) -> None:
+        """``groups`` are drained away: they finish their work and are given none."""
+        for group in groups:
+            self.state.apply(GroupLeaving(group.name))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop every actor; what has not exited after ``grace`` s is killed by PID."""

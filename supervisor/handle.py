@@ -1,9 +1,8 @@
-"""Actor handles, Ray style: callers ``tell``, ``ask`` and ``stream``; they never see sockets."""
+"""Actor handles, Ray style: callers ``tell`` and ``stream``; they never see sockets."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -18,16 +17,12 @@ from actors.protocol import (
     GenerationRequest,
     Hello,
     Message,
-    Ping,
-    Pong,
     decode,
     route,
 )
 from actors.transport import FrameError, read_body, write_message
 
 log = structlog.get_logger()
-
-_corr_ids = itertools.count(1)
 
 STREAM_BUFFER_BYTES = 1024 * 1024  # the hostfile's stream_buffer_bytes default
 # An actor that takes no bytes for this long has stopped reading its socket: it is lost.
@@ -95,7 +90,6 @@ class ActorHandle:
         self._reader = reader
         self._writer = writer
         self._stream_buffer_bytes = stream_buffer_bytes
-        self._pending: dict[int, asyncio.Future[Message]] = {}
         self._streams: dict[str, _Inbox] = {}
         self._task: asyncio.Task | None = None
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -125,17 +119,6 @@ class ActorHandle:
             raise ActorGone(self.actor_id) from exc
         except ConnectionError as exc:
             raise ActorGone(self.actor_id) from exc
-
-    async def ask(self, timeout: float = 5.0) -> Pong:
-        """Round-trip a Ping; the Pong carries the actor's vitals."""
-        corr_id = next(_corr_ids)
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[corr_id] = fut
-        try:
-            await self.tell(Ping(corr_id=corr_id))
-            return await asyncio.wait_for(fut, timeout)
-        finally:
-            self._pending.pop(corr_id, None)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Run ``request`` on the actor; yields until Finished or GenerationFailed.
@@ -208,12 +191,7 @@ class ActorHandle:
                 if inbox.bytes > self._stream_buffer_bytes and where.t == "TokenDelta":
                     self._too_slow(where.request_id, inbox)
             return
-        msg = decode(body)
-        if isinstance(msg, Pong):
-            fut = self._pending.get(msg.corr_id)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-        self.on_message(self, msg)
+        self.on_message(self, decode(body))
 
     def _too_slow(self, rid: str, inbox: _Inbox) -> None:
         """The request's consumer stopped taking events: cancel it, free them, fail it."""
@@ -244,9 +222,6 @@ class ActorHandle:
         for rid, inbox in list(self._streams.items()):
             if not inbox.overflowed:
                 inbox.put(_lost(rid, self.actor_id, reason))
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ActorGone(self.actor_id))
 
 
 def _lost(request_id: str, actor_id: str, reason: str = "connection closed") -> GenerationFailed:

@@ -23,6 +23,8 @@ Backend = Literal["ring", "jaccl", "jaccl-ring"]
 Parallel = Literal["tensor", "pipeline"]
 RouterPolicy = Literal["least_loaded", "round_robin", "hardware_aware", "sticky"]
 LogFormat = Literal["json", "console"]
+# OTP's restart types: always restarted, restarted after an abnormal exit only, never.
+RestartType = Literal["permanent", "transient", "temporary"]
 # One rdma entry per peer: a device name, several devices (multi-link), or null (none/self).
 RdmaDevice = str | tuple[str, ...] | None
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -62,8 +64,9 @@ class HostSpec(_Written):
 
 
 class RestartSpec(_Written):
-    """OTP restart intensity/period, backoff between restarts, and failure detection times."""
+    """OTP restart type/intensity/period, backoff between restarts, failure detection times."""
 
+    type: RestartType = "permanent"  # of every group that names no "restart" of its own
     intensity: Annotated[int, msgspec.Meta(ge=0)] = 5
     period: Seconds = 60.0
     backoff_initial: Annotated[float, msgspec.Meta(ge=0)] = 0.5
@@ -132,6 +135,7 @@ class GroupEntry(_Written):
     parallel: Parallel | None = None
     backend: str | None = None
     starting_port: Port | None = None
+    restart: RestartType | None = None  # None: the cluster's restart.type
     comment: Comment = None
 
 
@@ -183,6 +187,7 @@ class GroupSpec(_Spec):
     # First ring port (jaccl: the coordinator's port); None: free ports are picked at start
     # (every rank on loopback) or no port is needed (one rank).
     starting_port: int | None = None
+    restart: RestartType = "permanent"
 
     @property
     def world_size(self) -> int:
@@ -346,6 +351,7 @@ def _build_group(
         backend=group_backend,
         inherits_model=entry.model is None,
         starting_port=entry.starting_port,
+        restart=entry.restart or doc.restart.type,
     )
 
 

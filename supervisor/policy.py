@@ -1,4 +1,4 @@
-"""OTP restart decisions as pure functions: restart type, intensity/period, backoff.
+"""OTP restart decisions as pure functions: supervisor flags, restart type, backoff.
 
 One departure from OTP: a child whose host could not be reached was never started, so
 it spends no restart intensity; the supervisor waits for the host (``Wait``), with the
@@ -7,18 +7,42 @@ same capped backoff, as long as it takes. A host that reboots must not fail its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 
-from supervisor.hostfile import RestartSpec
+from supervisor.hostfile import RestartSpec, RestartType
 
-RestartType = Literal["permanent", "transient", "temporary"]
+# one_for_all: a child's failure restarts every child of the set (a group's ranks share
+# one mx.distributed world); one_for_one: only the child itself (each node's actors).
 Strategy = Literal["one_for_one", "one_for_all"]
 
 # 2**64 times any sane backoff_initial is past any cap; stops float overflow for huge intensity.
 _MAX_DOUBLINGS = 64
+
+
+class SupervisorFlags(msgspec.Struct, frozen=True):
+    """OTP's sup_flags: the strategy, and at most ``intensity`` restarts in ``period`` s.
+
+    The backoff between restarts is ours: OTP restarts at once.
+    """
+
+    strategy: Strategy
+    intensity: int = 5
+    period: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def supervisor_flags(strategy: Strategy, restart: RestartSpec) -> SupervisorFlags:
+    """The flags of a supervisor with ``strategy``, from the hostfile's "restart" object."""
+    return SupervisorFlags(
+        strategy,
+        restart.intensity,
+        restart.period,
+        restart.backoff_initial,
+        restart.backoff_max,
+    )
 
 
 class RestartHistory(msgspec.Struct, frozen=True):
@@ -66,14 +90,14 @@ def should_restart(restart_type: RestartType, exit_normal: bool) -> bool:
     return False
 
 
-def backoff_delay(policy: RestartSpec, restarts_in_period: int) -> float:
+def backoff_delay(flags: SupervisorFlags, restarts_in_period: int) -> float:
     """Delay before the n-th restart within the period: initial, doubling, capped at max."""
     doublings = min(max(restarts_in_period - 1, 0), _MAX_DOUBLINGS)
-    return min(policy.backoff_max, policy.backoff_initial * 2.0**doublings)
+    return min(flags.backoff_max, flags.backoff_initial * 2.0**doublings)
 
 
 def decide(
-    policy: RestartSpec,
+    flags: SupervisorFlags,
     history: RestartHistory,
     now: float,
     restart_type: RestartType,
@@ -88,16 +112,9 @@ def decide(
     if not should_restart(restart_type, exit_normal):
         return Leave()
     if unreachable > 0:
-        return Wait(delay=backoff_delay(policy, unreachable))
-    recent = history.within(policy.period, now).timestamps + (now,)
-    if len(recent) > policy.intensity:
+        return Wait(delay=backoff_delay(flags, unreachable))
+    recent = history.within(flags.period, now).timestamps + (now,)
+    if len(recent) > flags.intensity:
         restarts = f"{len(recent)} restart{'s' if len(recent) > 1 else ''}"
-        return GiveUp(f"{restarts} within {policy.period:g} s exceeds intensity {policy.intensity}")
-    return Restart(delay=backoff_delay(policy, len(recent)), history=RestartHistory(recent))
-
-
-def affected_children(strategy: Strategy, failed: str, children: Sequence[str]) -> tuple[str, ...]:
-    """Which children restart with ``failed``: itself (one_for_one) or all (one_for_all)."""
-    if strategy == "one_for_all":
-        return tuple(children)
-    return (failed,)
+        return GiveUp(f"{restarts} within {flags.period:g} s exceeds intensity {flags.intensity}")
+    return Restart(delay=backoff_delay(flags, len(recent)), history=RestartHistory(recent))

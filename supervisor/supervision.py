@@ -1,10 +1,12 @@
 """The supervision tree: start children, watch them, restart them by policy.
 
-A ``ChildSupervisor`` runs a set of children under one_for_all: if any child
-exits, loses its control connection, goes silent, or (for a generation group)
-stops making progress with work in flight, every child of the set is killed by
-PID and the set is restarted under the restart policy. one_for_one is a
-ChildSupervisor per child. The supervisor decides; the spawner executes.
+A ``ChildSupervisor`` runs a set of children under its ``SupervisorFlags``. With
+one_for_all (a generation group), if any child exits, loses its control connection, goes
+silent, or stops making progress with work in flight (supervisor.watchdog), every child
+of the set is killed by PID and the set is restarted by each child's restart type.
+one_for_one (the node actors) is a ChildSupervisor per child. A set that restarts more
+than its intensity allows gives up and escalates (``on_give_up``) to the cluster.
+The supervisor decides; the spawner executes.
 
 A spawn that cannot reach its host (HostUnreachable) is no failure of the child: the
 set is ``waiting`` for the host, retried with the capped backoff for as long as it
@@ -22,7 +24,19 @@ import structlog
 
 from actors.protocol import ActorConfig, ActorError, Heartbeat, LoadProgress, Ready, Shutdown
 from supervisor.control import ControlServer
-from supervisor.events import (
+from supervisor.handle import ActorHandle
+from supervisor.policy import (
+    GiveUp,
+    Leave,
+    RestartHistory,
+    RestartType,
+    SupervisorFlags,
+    Wait,
+    decide,
+)
+from supervisor.spawner import ActorLaunch, ActorProcess, HostUnreachable, Spawner
+from supervisor.state import ClusterState
+from supervisor.state.events import (
     ActorHeartbeat,
     ActorLoading,
     ActorReady,
@@ -31,20 +45,22 @@ from supervisor.events import (
     ActorStarting,
     ActorStopped,
     GroupState,
+    SupervisorRestarted,
+    SupervisorStarted,
 )
-from supervisor.handle import ActorHandle
-from supervisor.policy import GiveUp, Leave, RestartHistory, Wait, decide
-from supervisor.spawner import ActorLaunch, ActorProcess, HostUnreachable, Spawner
-from supervisor.state import ClusterState
+from supervisor.state.views import GroupStateName
+from supervisor.watchdog import Limits, Ok, Pulse, check, loop_stall
 
 log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
 class ChildSpec:
+    """OTP's child spec: what to start, where, and its restart type."""
+
     config: ActorConfig
     spawner: Spawner
-    restart: str = "permanent"
+    restart: RestartType = "permanent"
     env: dict[str, str] = field(default_factory=dict)
     python: str | None = None
 
@@ -94,7 +110,7 @@ class _Child:
 
 
 class ChildSupervisor:
-    """Supervises a set of children with the one_for_all strategy."""
+    """Supervises one restart set: all its children (one_for_all) or its one child."""
 
     def __init__(
         self,
@@ -104,17 +120,20 @@ class ChildSupervisor:
         control: ControlServer,
         state: ClusterState,
         token: str,
-        restart_policy,
+        flags: SupervisorFlags,
         timeouts: Timeouts,
         group: str | None = None,
     ):
+        if flags.strategy == "one_for_one" and len(children) != 1:
+            # A set restarts as one: under one_for_one each child is its own set.
+            raise ValueError(f"{name}: one_for_one supervises one child per ChildSupervisor")
         self.name = name
         self.group = group
         self._specs = children
         self._control = control
         self._state = state
         self._token = token
-        self._policy = restart_policy
+        self._flags = flags
         self._timeouts = timeouts
         self._children: list[_Child] = []
         # Children the state has heard of: a rank whose peers failed first never started.
@@ -122,16 +141,41 @@ class ChildSupervisor:
         self._stopping = asyncio.Event()
         self._failure: asyncio.Future[ChildFailed] | None = None
         self._waiting = False  # the last start could not reach a host
-        self.ready = asyncio.Event()
-        self.failed = False
-        self.leader: ActorHandle | None = None
-        self.context_length = 0
         self.on_state: Callable[[str], None] = lambda s: None
+        # Called with the reason once the set gave up: the cluster decides what follows.
+        self.on_give_up: Callable[[str], None] = lambda reason: None
+
+    # --------------------------------------------------- reads (facts: the state's)
+
+    def handle(self, actor_id: str) -> ActorHandle | None:
+        """The live handle of ``actor_id`` while this incarnation lasts (handles live here)."""
+        if self._failure is None or self._failure.done():
+            return None  # the incarnation is over: its handles serve nobody
+        for child in self._children:
+            if child.actor_id == actor_id and child.handle is not None and child.handle.is_open:
+                return child.handle
+        return None
+
+    @property
+    def leader(self) -> ActorHandle | None:
+        """The handle of the group's leader while the state says the group is ready."""
+        view = self._state.groups.get(self.group) if self.group is not None else None
+        return None if view is None or view.leader is None else self.handle(view.leader)
+
+    @property
+    def failed(self) -> bool:
+        view = self._state.groups.get(self.group) if self.group is not None else None
+        return view is not None and view.state == "failed"
+
+    def _loaded(self) -> bool:
+        """Every child of this incarnation said Ready: from now on the watchdog counts."""
+        return bool(self._children) and all(c.ready.done() for c in self._children)
 
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
-        history = RestartHistory()
+        flags = self._flags
+        self._state.apply(SupervisorStarted(self.name, self.group, flags.intensity, flags.period))
         restarted = False
         unreachable = 0  # starts in a row that could not reach a host
         while not self._stopping.is_set():
@@ -149,7 +193,8 @@ class ChildSupervisor:
             unreachable = unreachable + 1 if failure.unreachable else 0
             restart_type = self._specs[0].restart
             now = time.monotonic()
-            decision = decide(self._policy, history, now, restart_type, failure.normal, unreachable)
+            history = RestartHistory(self._state.supervisors[self.name].restart_times)
+            decision = decide(self._flags, history, now, restart_type, failure.normal, unreachable)
             if isinstance(decision, Wait):
                 self._waiting = True
                 self._set_group_state(
@@ -161,18 +206,18 @@ class ChildSupervisor:
             if failure.permanent:
                 decision = GiveUp("")  # a configuration error: no restart can fix it
             if isinstance(decision, GiveUp):
-                self.failed = True
                 reason = "; ".join(r for r in (failure.reason, decision.reason) if r)
                 for actor_id in self._declared:
                     self._state.apply(ActorStopped(actor_id, "failed", reason))
                 self._set_group_state("failed", reason)
                 log.error("supervisor_gave_up", supervisor=self.name, reason=reason)
+                self.on_give_up(reason)  # escalate
                 return
             if isinstance(decision, Leave):
                 self._set_group_state("stopped", failure.reason)
                 return
-            history = decision.history
             restarted = True
+            self._state.apply(SupervisorRestarted(self.name, now))
             for actor_id in self._declared:
                 self._state.apply(ActorRestarted(actor_id))
             self._set_group_state(
@@ -229,16 +274,13 @@ class ChildSupervisor:
             )
             for child in self._children:
                 child.progress_at = time.monotonic()  # the watchdog counts from ready, not spawn
-            self.leader = self._children[0].handle
-            self.context_length = self._children[0].ready.result().context_length
-            self.ready.set()
-            self._set_group_state("ready")
+            leader = self._children[0]
+            context = leader.ready.result().context_length
+            self._set_group_state("ready", leader=leader.actor_id, context_length=context)
             return await self._failure
         except ChildFailed as failed:
             return failed
         finally:
-            self.ready.clear()
-            self.leader = None
             for task in watchers:
                 task.cancel()
 
@@ -303,15 +345,15 @@ class ChildSupervisor:
 
     async def _monitor(self) -> None:
         """Heartbeat silence for every child; no progress with work in flight (the watchdog)."""
-        period = min(0.25, self._timeouts.heartbeat / 4)
+        t = self._timeouts
+        limits = Limits(heartbeat=t.heartbeat, connect=t.connect, watchdog=t.watchdog)
+        period = min(0.25, t.heartbeat / 4)
         expected = time.monotonic() + period
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
-            # Time this loop itself was stalled (a starved supervisor on a busy host) is
-            # not the actors' silence: their heartbeats are waiting unread in the sockets.
-            stalled = now - expected
-            if stalled > 0.5:
+            stalled = loop_stall(now, expected)
+            if stalled:
                 for child in self._children:
                     child.last_beat += stalled
                     child.progress_at += stalled
@@ -322,28 +364,15 @@ class ChildSupervisor:
             for child in self._children:
                 if child.handle is None:
                     continue
-                silent = now - child.last_beat
-                allowed = self._timeouts.heartbeat
-                if child.stage == "connect":
-                    allowed = max(allowed, self._timeouts.connect)
-                if silent > allowed:
-                    self._fail(ChildFailed(f"{child.actor_id} heartbeat silent for {silent:.1f} s"))
-                    return
-                if not self.ready.is_set():
-                    continue  # loading: heartbeats alone tell life
                 busy = child.active > 0 or (
                     child is self._children[0] and child.handle.streams_open > 0
                 )
-                if not busy:
-                    child.progress_at = now
-                elif now - child.progress_at > self._timeouts.watchdog:
-                    self._fail(
-                        ChildFailed(
-                            f"{child.actor_id} made no progress for "
-                            f"{now - child.progress_at:.1f} s with work in flight (watchdog)"
-                        )
-                    )
+                pulse = Pulse(child.last_beat, child.progress_at, child.stage, busy)
+                verdict = check(child.actor_id, pulse, now, limits, self._loaded())
+                if not isinstance(verdict, Ok):
+                    self._fail(ChildFailed(verdict.reason))
                     return
+                child.progress_at = verdict.progress_at
 
     def _on_message(self, child: _Child, msg) -> None:
         if isinstance(msg, Heartbeat):
@@ -400,7 +429,16 @@ class ChildSupervisor:
                 else:
                     self._state.apply(ActorStopped(child.actor_id, "killed", reason))
 
-    def _set_group_state(self, state: str, reason: str = "", restarted: bool = False) -> None:
+    def _set_group_state(
+        self,
+        state: GroupStateName,
+        reason: str = "",
+        restarted: bool = False,
+        leader: str | None = None,
+        context_length: int = 0,
+    ) -> None:
         if self.group is not None:
-            self._state.apply(GroupState(self.group, state, reason, restarted, self.context_length))
+            self._state.apply(
+                GroupState(self.group, state, reason, restarted, context_length, leader)
+            )
         self.on_state(state)

@@ -14,11 +14,12 @@ from actors.models import resolve_model
 from actors.protocol import ActorConfig
 from actors.sharding import ModelShape, model_facts, sharding_problem
 from supervisor.control import ControlServer
-from supervisor.events import GroupDeclared
 from supervisor.group_validation import GroupConfigError, validate_groups
-from supervisor.hostfile import RestartSpec, parse_hostfile
+from supervisor.hostfile import parse_hostfile
+from supervisor.policy import SupervisorFlags
 from supervisor.spawner import LocalSpawner
 from supervisor.state import ClusterState
+from supervisor.state.events import GroupDeclared
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 
 QWEN_7B = ModelShape("qwen2", True, True, layers=28, attention_heads=28, kv_heads=4,
@@ -178,6 +179,7 @@ def test_a_model_that_cannot_be_inspected_is_one_line(tmp_path):
     assert "no_such_architecture not supported" in message and "\n" not in message
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 async def test_ranks_refuse_a_split_permanently_and_the_group_fails_without_restart():
     """The ranks' own check: what the supervisor could not see (a model only nodes have)."""
     control = ControlServer("t", heartbeat_interval=0.2)
@@ -208,7 +210,7 @@ async def test_ranks_refuse_a_split_permanently_and_the_group_fails_without_rest
         control=control,
         state=state,
         token="t",
-        restart_policy=RestartSpec(backoff_initial=0.01),
+        flags=SupervisorFlags("one_for_all", backoff_initial=0.01),
         timeouts=Timeouts(),
         group="main",
     )

@@ -15,7 +15,7 @@ from actors.protocol import (
     GenerationFailed,
     GenerationRequest,
     Hello,
-    Ping,
+    Shutdown,
     TokenDelta,
     TokenLogprob,
     TopLogprob,
@@ -107,10 +107,9 @@ async def test_an_unread_stream_is_cancelled_freed_and_failed_at_the_bound():
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
     assert handle.streams_open == 0
-    # no second Cancel: the next frame the actor reads is the Ping
-    pong = asyncio.ensure_future(handle.ask(timeout=5))
-    assert isinstance(await _next(actor_reader), Ping)
-    pong.cancel()
+    # no second Cancel: the next frame the actor reads is the Shutdown sent after it
+    await handle.tell(Shutdown(reason="done"))
+    assert isinstance(await _next(actor_reader), Shutdown)
     await handle.close()
 
 

@@ -559,3 +559,45 @@ def test_security_keys_are_read():
     )
     assert (spec.api.max_connections, spec.control.max_pending) == (50, 8)
     assert spec.control.max_hello_bytes == 1024
+
+
+# -- restart types: cluster default, per group ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("restart", "groups", "expected"),
+    [
+        ({}, [{"name": "a", "hosts": [0]}], {"a": "permanent"}),
+        ({"type": "transient"}, [{"name": "a", "hosts": [0]}], {"a": "transient"}),
+        (
+            {"type": "transient"},
+            [{"name": "a", "hosts": [0]}, {"name": "b", "hosts": [0], "restart": "temporary"}],
+            {"a": "transient", "b": "temporary"},
+        ),
+        ({"type": "temporary"}, None, {"main": "temporary"}),  # the implicit group too
+    ],
+)
+def test_a_group_restart_type_is_its_own_or_the_cluster_default(restart, groups, expected):
+    document = {"hosts": [MAC1], "restart": restart}
+    if groups is not None:
+        document["groups"] = groups
+    assert {g.name: g.restart for g in parse(document).groups} == expected
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"hosts": [MAC1], "restart": {"type": "sometimes"}},
+            'hostfile.json: $.restart.type: invalid value "sometimes"; expected one of '
+            '"permanent", "temporary", "transient"',
+        ),
+        (
+            {"hosts": [MAC1], "groups": [{"hosts": [0], "restart": "never"}]},
+            'hostfile.json: $.groups[0].restart: invalid value "never"; expected one of '
+            '"permanent", "temporary", "transient"',
+        ),
+    ],
+)
+def test_a_bad_restart_type_is_named_in_one_line(document, message):
+    assert error(document) == message

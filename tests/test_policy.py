@@ -1,4 +1,4 @@
-"""OTP restart decisions: restart types, backoff, intensity/period window."""
+"""OTP restart decisions: supervisor flags, restart types, backoff, intensity/period window."""
 
 from __future__ import annotations
 
@@ -10,17 +10,22 @@ from supervisor.policy import (
     Leave,
     Restart,
     RestartHistory,
+    SupervisorFlags,
     Wait,
-    affected_children,
     backoff_delay,
     decide,
     should_restart,
+    supervisor_flags,
 )
 
-DEFAULT = RestartSpec()
+DEFAULT = SupervisorFlags("one_for_all")
 
 
-def crash_loop(policy: RestartSpec, times: list[float]) -> list[Restart | GiveUp | Leave]:
+def flags(**values) -> SupervisorFlags:
+    return SupervisorFlags("one_for_all", **values)
+
+
+def crash_loop(policy: SupervisorFlags, times: list[float]) -> list[Restart | GiveUp | Leave]:
     """Feed one abnormal exit of a permanent child at each time, threading the history."""
     history, decisions = RestartHistory(), []
     for now in times:
@@ -80,7 +85,7 @@ def test_backoff_doubles_per_restart_within_the_period():
     ],
 )
 def test_backoff_is_capped_at_backoff_max(initial, cap, expected):
-    policy = RestartSpec(intensity=10, backoff_initial=initial, backoff_max=cap)
+    policy = flags(intensity=10, backoff_initial=initial, backoff_max=cap)
     decisions = crash_loop(policy, [float(t) for t in range(6)])
     assert [d.delay for d in decisions] == expected
 
@@ -107,13 +112,13 @@ def test_more_restarts_than_intensity_within_the_period_gives_up():
     ],
 )
 def test_give_up_reason_names_count_period_and_intensity(intensity, period, reason):
-    policy = RestartSpec(intensity=intensity, period=period)
+    policy = flags(intensity=intensity, period=period)
     times = [i * 0.1 for i in range(intensity + 1)]
     assert crash_loop(policy, times)[-1] == GiveUp(reason)
 
 
 def test_restarts_spread_wider_than_the_period_never_give_up():
-    policy = RestartSpec(intensity=2, period=10.0)
+    policy = flags(intensity=2, period=10.0)
     decisions = crash_loop(policy, [0.0, 6.0, 12.0, 18.0, 24.0, 30.0])
     assert all(isinstance(d, Restart) for d in decisions)
     assert [len(d.history.timestamps) for d in decisions] == [1, 2, 2, 2, 2, 2]
@@ -139,7 +144,7 @@ def test_window_edge_keeps_a_restart_exactly_one_period_old(age, kept):
 
 
 def test_a_crash_loop_after_a_quiet_spell_gets_the_full_intensity_again():
-    policy = RestartSpec(intensity=2, period=10.0)
+    policy = flags(intensity=2, period=10.0)
     decisions = crash_loop(policy, [0.0, 1.0, 100.0, 101.0, 102.0])
     kinds = [type(d).__name__ for d in decisions]
     assert kinds == ["Restart", "Restart", "Restart", "Restart", "GiveUp"]
@@ -152,7 +157,7 @@ def test_decide_does_not_change_the_history_it_was_given():
 
 
 def test_huge_intensity_does_not_overflow_the_backoff():
-    policy = RestartSpec(intensity=5000, period=1e9)
+    policy = flags(intensity=5000, period=1e9)
     decisions = crash_loop(policy, [float(t) for t in range(3000)])
     assert decisions[-1].delay == 30.0
 
@@ -168,7 +173,7 @@ def test_an_unreachable_host_is_waited_for_with_the_capped_backoff(attempts, del
 
 def test_waiting_for_a_host_spends_no_intensity_and_never_gives_up():
     """Intensity 0: one real failure gives up, a thousand unreachable starts do not."""
-    policy = RestartSpec(intensity=0, backoff_initial=0.5, backoff_max=4.0)
+    policy = flags(intensity=0, backoff_initial=0.5, backoff_max=4.0)
     history = RestartHistory()
     waits = [
         decide(policy, history, float(t), "permanent", exit_normal=False, unreachable=t + 1)
@@ -183,9 +188,11 @@ def test_a_temporary_child_on_an_unreachable_host_stays_down():
     assert decide(DEFAULT, RestartHistory(), 1.0, "temporary", False, unreachable=1) == Leave()
 
 
-@pytest.mark.parametrize(
-    ("strategy", "expected"),
-    [("one_for_one", ("rank1",)), ("one_for_all", ("rank0", "rank1", "rank2"))],
-)
-def test_affected_children_follows_the_strategy(strategy, expected):
-    assert affected_children(strategy, "rank1", ["rank0", "rank1", "rank2"]) == expected
+@pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all"])
+def test_supervisor_flags_come_from_the_hostfile_restart_object(strategy):
+    restart = RestartSpec(intensity=2, period=10, backoff_initial=0.1, backoff_max=3)
+    assert supervisor_flags(strategy, restart) == SupervisorFlags(strategy, 2, 10.0, 0.1, 3.0)
+
+
+def test_default_flags_are_the_hostfile_defaults():
+    assert supervisor_flags("one_for_all", RestartSpec()) == DEFAULT

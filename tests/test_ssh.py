@@ -17,8 +17,8 @@ import structlog
 
 from actors.protocol import ActorConfig
 from supervisor.control import ControlServer
-from supervisor.events import GroupDeclared
-from supervisor.hostfile import HostSpec, RestartSpec
+from supervisor.hostfile import HostSpec
+from supervisor.policy import SupervisorFlags
 from supervisor.spawner import ActorLaunch, HostUnreachable, openblas_path
 from supervisor.ssh import (
     CONNECTION_LOST,
@@ -28,6 +28,7 @@ from supervisor.ssh import (
     close_connections,
 )
 from supervisor.state import ClusterState
+from supervisor.state.events import GroupDeclared
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 from tests.conftest import until
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
@@ -100,7 +101,7 @@ class SSHTree:
             state=self.state,
             token=self.token,
             group="g",
-            restart_policy=RestartSpec(backoff_initial=0.05, backoff_max=0.2),
+            flags=SupervisorFlags("one_for_one", backoff_initial=0.05, backoff_max=0.2),
             timeouts=Timeouts(heartbeat=3.0),
         )
         self.task = asyncio.create_task(self.sup.run())
@@ -113,7 +114,8 @@ class SSHTree:
 
     async def ready(self, timeout: float = 30.0) -> RemoteProcess:
         try:
-            await asyncio.wait_for(self.sup.ready.wait(), timeout)
+            if not await self.state.wait_for(lambda: self.sup.leader is not None, timeout):
+                raise TimeoutError
         except TimeoutError:
             group, actor = self.state.groups["g"], self.state.actors.get("n1.memory")
             raise AssertionError(

@@ -9,14 +9,16 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from actors.protocol import ActorConfig, Hello, Refused
 from actors.transport import read_message, write_message
 from supervisor.control import ControlServer
-from supervisor.events import GroupDeclared
-from supervisor.hostfile import RestartSpec
+from supervisor.hostfile import RestartType
+from supervisor.policy import SupervisorFlags
 from supervisor.spawner import ActorLaunch, LocalSpawner, actor_environment
 from supervisor.state import ClusterState
+from supervisor.state.events import GroupDeclared
 from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
 from tests.conftest import until
 
@@ -26,9 +28,17 @@ TOKEN = "test-token"
 class Tree:
     """A control server and a one_for_all supervisor over ``n`` memory actors."""
 
-    def __init__(self, n: int = 1, policy: RestartSpec | None = None, heartbeat: float = 3.0):
+    def __init__(
+        self,
+        n: int = 1,
+        flags: SupervisorFlags | None = None,
+        heartbeat: float = 3.0,
+        restart: RestartType = "permanent",
+    ):
         self.n = n
-        self.policy = policy or RestartSpec(backoff_initial=0.05, backoff_max=0.2)
+        self.flags = flags or SupervisorFlags("one_for_all", backoff_initial=0.05, backoff_max=0.2)
+        self.restart = restart
+        self.gave_up: list[str] = []
         self.state = ClusterState()
         self.heartbeat = heartbeat
         self.pids: set[int] = set()
@@ -48,6 +58,7 @@ class Tree:
                     rank=r,
                 ),
                 spawner,
+                restart=self.restart,
             )
             for r in range(self.n)
         ]
@@ -58,10 +69,11 @@ class Tree:
             control=self.control,
             state=self.state,
             token=TOKEN,
-            restart_policy=self.policy,
+            flags=self.flags,
             timeouts=Timeouts(heartbeat=self.heartbeat),
             group="g",
         )
+        self.sup.on_give_up = self.gave_up.append
         self.task = asyncio.create_task(self.sup.run())
         return self
 
@@ -81,7 +93,8 @@ class Tree:
         return pids
 
     async def ready(self, timeout: float = 20.0):
-        await asyncio.wait_for(self.sup.ready.wait(), timeout)
+        ready = await self.state.wait_for(lambda: self.sup.leader is not None, timeout)
+        assert ready, f"group g not ready within {timeout} s"
         return self.actor_pids()
 
 
@@ -124,8 +137,8 @@ async def test_sigstop_is_detected_by_heartbeat_silence():
 
 
 async def test_restart_intensity_exceeded_marks_group_failed():
-    policy = RestartSpec(intensity=2, period=60, backoff_initial=0.01, backoff_max=0.02)
-    async with Tree(n=1, policy=policy) as tree:
+    flags = SupervisorFlags("one_for_all", 2, 60, backoff_initial=0.01, backoff_max=0.02)
+    async with Tree(n=1, flags=flags) as tree:
         for _ in range(3):
             (pid,) = await tree.ready()
             os.kill(pid, signal.SIGKILL)
@@ -141,6 +154,47 @@ async def test_restart_intensity_exceeded_marks_group_failed():
         assert "exceeds intensity 2" in group.reason
         assert tree.state.actors["g.rank0"].state == "failed"
         assert tree.state.health()[1]["status"] == "failed"
+        assert tree.gave_up == [group.reason]  # escalated once, with the reason
+
+
+@pytest.mark.e2e
+async def test_a_temporary_set_stays_down_after_kill_9():
+    async with Tree(n=2, restart="temporary") as tree:
+        before = await tree.ready()
+        os.kill(before[0], signal.SIGKILL)
+        await asyncio.wait_for(tree.task, 10)  # run() returned: nothing will restart it
+        group = tree.state.groups["g"]
+        assert (group.state, group.restarts) == ("stopped", 0)
+        assert group.reason.startswith("g.rank0 ")  # exited, or its connection lost first
+        assert not tree.sup.failed and tree.gave_up == []  # left, not failed: no escalation
+        assert [tree.state.actors[f"g.rank{r}"].pid for r in range(2)] == before
+        assert not psutil.pid_exists(before[1]) or psutil.Process(before[1]).status() == "zombie"
+
+
+@pytest.mark.e2e
+async def test_a_transient_set_is_restarted_after_kill_9():
+    async with Tree(n=1, restart="transient") as tree:
+        (pid,) = await tree.ready()
+        os.kill(pid, signal.SIGKILL)  # an abnormal exit
+        await until(lambda: tree.state.groups["g"].restarts == 1, 10, "a restart")
+        (new_pid,) = await tree.ready()
+        assert new_pid != pid
+
+
+async def test_one_for_one_gives_each_child_its_own_supervisor():
+    control = ControlServer(TOKEN)
+    config = ActorConfig(actor_id="a", kind="memory", node="n", control_host="h", control_port=1)
+    two = [ChildSpec(config, LocalSpawner()), ChildSpec(config, LocalSpawner())]
+    with pytest.raises(ValueError, match="one_for_one supervises one child"):
+        ChildSupervisor(
+            "nodes",
+            two,
+            control=control,
+            state=ClusterState(),
+            token=TOKEN,
+            flags=SupervisorFlags("one_for_one"),
+            timeouts=Timeouts(),
+        )
 
 
 async def test_wrong_token_is_refused_and_the_actor_exits():
