@@ -171,10 +171,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -> int:
     from api.app import create_app
-    from api.guards import Keys
-    from api.openai_models import error_body
-    from api.openai_models import json_encoder as encoder
-    from api.routes_cluster import cluster_router
+    from api.cluster_routes import cluster_router
+    from api.edge.error_shape import error_body
+    from api.edge.error_shape import json_encoder as encoder
+    from api.edge.guards import Keys
     from supervisor.cluster import Cluster
     from supervisor.credentials import exposure_warnings, is_loopback, join_address
     from supervisor.http_server import make_server

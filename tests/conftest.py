@@ -20,6 +20,48 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What makes a test end-to-end (marker `e2e`; `pytest -m "not e2e"` is the fast loop): its file
+# is tests/test_e2e_*.py, or it asks for a fixture that starts real processes, or it carries
+# @pytest.mark.e2e itself because it starts an actor, the CLI or rank peers without a fixture.
+E2E_FIXTURES = frozenset({"sup", "start_supervisor", "sshd"})
+# Tests that spawn actors through a ChildSupervisor in a module another change owns this round;
+# listed by name so the module's one in-process test stays fast. A stale name is an error.
+E2E_BY_NAME = {
+    "test_supervision.py": frozenset(
+        {
+            "test_children_start_and_report_heartbeats",
+            "test_kill_9_of_one_child_restarts_all_children_one_for_all",
+            "test_sigstop_is_detected_by_heartbeat_silence",
+            "test_restart_intensity_exceeded_marks_group_failed",
+            "test_wrong_token_is_refused_and_the_actor_exits",
+            "test_stop_ends_every_child",
+        }
+    ),
+}
+
+
+def is_e2e(item: pytest.Item) -> bool:
+    file = item.path.name
+    return (
+        file.startswith("test_e2e_")
+        or bool(E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        or getattr(item, "originalname", item.name) in E2E_BY_NAME.get(file, ())
+        or item.get_closest_marker("e2e") is not None
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    modules = {}
+    for item in items:
+        if is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+        if item.path.name in E2E_BY_NAME and getattr(item, "module", None) is not None:
+            modules[item.path.name] = item.module
+    for file, module in modules.items():
+        if stale := sorted(n for n in E2E_BY_NAME[file] if not hasattr(module, n)):
+            raise pytest.UsageError(f"tests/conftest.py E2E_BY_NAME: no {stale} in {file}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from supervisor.pidfile import default_pidfile, port_of
 from tests.conftest import demo_hostfile, free_port, run_cli, wait_for
@@ -34,6 +35,7 @@ def test_stop_drains_and_ends_the_supervisor_and_every_actor(start_supervisor):
     assert not pidfile.exists()
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_stop_with_nothing_running_is_one_line_exit_1():
     port = free_port()
     result = run_cli("stop", "--url", f"http://127.0.0.1:{port}")
@@ -44,6 +46,7 @@ def test_stop_with_nothing_running_is_one_line_exit_1():
     )
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_a_stale_pidfile_is_named_and_removed(tmp_path):
     pidfile = tmp_path / "sup.pid"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -55,6 +58,7 @@ def test_a_stale_pidfile_is_named_and_removed(tmp_path):
     assert not pidfile.exists()
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_a_pidfile_naming_another_program_is_refused(tmp_path):
     pidfile = tmp_path / "sup.pid"
     pidfile.write_text(f"{os.getpid()}\n")  # pytest: alive, and not a supervisor

@@ -12,6 +12,7 @@ import struct
 import sys
 import time
 
+import pytest
 import structlog
 
 from actors.protocol import ActorConfig, Hello, Ready, Refused, Welcome
@@ -79,6 +80,7 @@ async def test_a_first_frame_within_the_limit_is_waited_for():
         await control.close()
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 async def test_pending_connections_are_capped_and_an_actor_still_gets_in():
     control = ControlServer(TOKEN, max_pending=3, hello_timeout=3.0)
     _, port = await control.start()
@@ -175,6 +177,7 @@ async def test_a_nonce_is_good_for_one_incarnation_and_one_hello():
         await control.close()
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 async def test_an_actor_process_with_a_stale_nonce_is_refused_and_exits():
     control = ControlServer(TOKEN)
     _, port = await control.start()

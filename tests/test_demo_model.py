@@ -194,6 +194,7 @@ def _ensure_in_child(cache: str, barrier, results) -> None:
     results.put((str(path), path.stat().st_ino))
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_concurrent_ensure_yields_one_complete_model(tiny, tmp_path):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()

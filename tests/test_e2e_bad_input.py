@@ -10,6 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.clients import post_chat
+
 MODEL = "demo:tiny"
 USER = [{"role": "user", "content": "hi"}]
 CONTEXT = 4096  # the demo model's
@@ -20,10 +22,6 @@ BYTES_PER_TOKEN = 64  # supervisor.serving.BYTES_PER_TOKEN_CEILING
 def http(sup):
     with httpx.Client(base_url=sup.url, timeout=60) as client:
         yield client
-
-
-def chat(http, **fields) -> httpx.Response:
-    return http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})
 
 
 def ollama_chat(http, **fields) -> httpx.Response:
@@ -53,24 +51,24 @@ def raw(http, path: str, body: str) -> httpx.Response:
 
 @pytest.mark.parametrize("key", ["²", "٣", "1" * 5000, "-1", " 7", "0x1f", "1e3"])
 def test_logit_bias_keys_must_be_ascii_token_ids(http, key):
-    refused(chat(http, logit_bias={key: 1}), "logit_bias", "logit_bias")
+    refused(post_chat(http, logit_bias={key: 1}), "logit_bias", "logit_bias")
 
 
 def test_logit_bias_ids_and_values_out_of_range(http):
-    refused(chat(http, logit_bias={"999999999": 1}), "logit_bias")  # past the demo's 2048
-    refused(chat(http, logit_bias={"5": 101}), "logit_bias", "logit_bias")
-    refused(chat(http, logit_bias={str(i): 1 for i in range(301)}), "logit_bias", "logit_bias")
-    assert chat(http, logit_bias={"5": -100}, max_tokens=2).status_code == 200
+    refused(post_chat(http, logit_bias={"999999999": 1}), "logit_bias")  # past the demo's 2048
+    refused(post_chat(http, logit_bias={"5": 101}), "logit_bias", "logit_bias")
+    refused(post_chat(http, logit_bias={str(i): 1 for i in range(301)}), "logit_bias", "logit_bias")
+    assert post_chat(http, logit_bias={"5": -100}, max_tokens=2).status_code == 200
 
 
 @pytest.mark.parametrize("seed", [-1, 2**63, 2**64, 10**30])
 def test_seed_outside_int64_is_refused(http, seed):
-    refused(chat(http, seed=seed, max_tokens=2), "seed", "seed")
-    refused(chat(http, seed=seed, n=3, max_tokens=2), "seed", "seed")
+    refused(post_chat(http, seed=seed, max_tokens=2), "seed", "seed")
+    refused(post_chat(http, seed=seed, n=3, max_tokens=2), "seed", "seed")
 
 
 def test_the_largest_seed_with_n_choices_wraps_instead_of_overflowing(http):
-    r = chat(http, seed=2**63 - 1, n=3, max_tokens=2)
+    r = post_chat(http, seed=2**63 - 1, n=3, max_tokens=2)
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == 3
 
@@ -115,7 +113,9 @@ def test_an_ollama_format_nested_deep_is_refused(http, depth):
 def test_a_schema_too_large_is_refused(http):
     wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(6000)}}
     format_ = {"type": "json_schema", "json_schema": {"name": "x", "schema": wide}}
-    message = refused(chat(http, response_format=format_), "response_format.json_schema.schema")
+    message = refused(
+        post_chat(http, response_format=format_), "response_format.json_schema.schema"
+    )
     assert "10000 nodes" in message
 
 
@@ -127,11 +127,11 @@ def test_a_body_nested_deep_elsewhere_names_its_field(http):
 def test_ollama_stop_is_capped_as_on_the_openai_side(http):
     many = [f"s{i}" for i in range(5000)]
     refused(ollama_chat(http, options={"stop": many, "num_predict": 2}), "options.stop")
-    refused(chat(http, stop=many[:5]), "stop", "stop")
+    refused(post_chat(http, stop=many[:5]), "stop", "stop")
     long = "x" * 257
     refused(ollama_chat(http, options={"stop": [long], "num_predict": 2}), "options.stop")
     refused(ollama_chat(http, options={"stop": long, "num_predict": 2}), "options.stop")
-    refused(chat(http, stop=[long]), "stop", "stop[0]")
+    refused(post_chat(http, stop=[long]), "stop", "stop[0]")
     ok = ollama_chat(http, options={"stop": ["a", "b", "c", "d"], "num_predict": 2})
     assert ok.status_code == 200, ok.text
 
@@ -147,7 +147,7 @@ def test_invalid_utf8_is_400(http, path):
 def test_a_prompt_past_the_byte_bound_is_refused_before_any_actor(http, sup):
     before = sup.status()["requests_total"]
     size = CONTEXT * BYTES_PER_TOKEN + 1
-    r = chat(http, messages=[{"role": "user", "content": "x" * size}])
+    r = post_chat(http, messages=[{"role": "user", "content": "x" * size}])
     message = refused(r, "messages", "messages")
     assert r.json()["error"]["code"] == "context_length_exceeded"
     assert f"{size} bytes" in message and f"{CONTEXT} tokens" in message
@@ -160,8 +160,8 @@ def test_a_prompt_past_the_byte_bound_is_refused_before_any_actor(http, sup):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_under_the_byte_bound_but_over_the_context_is_refused_by_its_tokens(http, stream):
-    r = chat(http, messages=[{"role": "user", "content": "river " * 20000}], stream=stream)
+    r = post_chat(http, messages=[{"role": "user", "content": "river " * 20000}], stream=stream)
     message = refused(r, "context")
     assert "the model's context is 4096" in message
     assert r.json()["error"]["code"] == "context_length_exceeded"
-    assert chat(http, max_tokens=2).status_code == 200  # and serving goes on
+    assert post_chat(http, max_tokens=2).status_code == 200  # and serving goes on

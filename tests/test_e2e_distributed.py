@@ -15,10 +15,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import openai
 import psutil
 import pytest
 
+from tests.clients import client_for
 from tests.conftest import ROOT, RunningSupervisor, run_cli, wait_for
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
 
@@ -30,7 +30,7 @@ UNBUFFERED = {"PYTHONUNBUFFERED": "1"}  # the supervisor's log is complete even 
 
 
 def complete(sup: RunningSupervisor, prompt: str, **extra) -> str:
-    client = openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    client = client_for(sup, timeout=120)
     reply = client.completions.create(
         model=MODEL,
         prompt=prompt,
@@ -88,7 +88,7 @@ def local_pair(**extra) -> dict:
 
 
 def abandon_a_stream(sup: RunningSupervisor) -> None:
-    client = openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    client = client_for(sup)
     stream = client.completions.create(
         model=MODEL, prompt="go", max_tokens=100000, stream=True, extra_body={"ignore_eos": True}
     )
@@ -174,7 +174,7 @@ def test_frozen_rank_1_is_ended_by_the_watchdog_and_the_stream_goes_on_after_the
     try:
         sup.wait_healthy()
         before = [a["pid"] for a in ranks(sup)]
-        client = openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        client = client_for(sup)
         stream = client.completions.create(
             model=MODEL,
             prompt="go on",

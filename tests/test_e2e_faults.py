@@ -10,19 +10,10 @@ import httpx
 import openai
 import pytest
 
+from tests.clients import chat, client_for
 from tests.conftest import demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"
-
-
-def client_for(sup, timeout: float = 60) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=timeout)
-
-
-def ask(sup, max_tokens: int = 8):
-    return client_for(sup).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens
-    )
 
 
 def test_kill_9_generation_actor_is_restarted_and_serves(start_supervisor):
@@ -34,7 +25,7 @@ def test_kill_9_generation_actor_is_restarted_and_serves(start_supervisor):
     sup.wait_healthy()
     after = sup.actor("generation")
     assert after["pid"] != before["pid"]
-    assert ask(sup).choices[0].finish_reason in ("stop", "length")
+    assert chat(client_for(sup), max_tokens=8).choices[0].finish_reason in ("stop", "length")
 
 
 def test_sigstop_detected_by_heartbeat_and_the_stream_goes_on_after_the_restart(
@@ -92,7 +83,7 @@ def test_restart_intensity_exceeded_fails_the_group_and_health_says_so(start_sup
     assert health["status"] == "failed"
     assert "exceeds intensity 1" in health["groups"]["main"]["reason"]
     with pytest.raises(openai.APIStatusError) as info:
-        ask(sup)
+        chat(client_for(sup), max_tokens=8)
     assert info.value.status_code == 503
 
 

@@ -14,6 +14,7 @@ import time
 import httpx
 import psutil
 
+from tests.clients import post_chat
 from tests.conftest import demo_hostfile, wait_for
 
 CHAT = {"model": "demo:tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -58,10 +59,6 @@ def _ended(sock: socket.socket, answers: dict[socket.socket, bytes]) -> bool:
     return True
 
 
-def _chat(sup) -> httpx.Response:
-    return httpx.post(sup.url + "/v1/chat/completions", json=CHAT, timeout=60)
-
-
 def _ready(sup) -> bool:
     return all(g["state"] == "ready" for g in sup.status()["groups"])
 
@@ -85,7 +82,7 @@ def test_300_half_open_connections_leave_serving_and_supervision_working(start_s
     try:
         wait_for(lambda: _api_connections(sup) >= 320, 30, "the 320 connections to be accepted")
         assert sup.health()[0] == 200
-        assert _chat(sup).status_code == 200
+        assert post_chat(sup, max_tokens=8).status_code == 200
         assert _ready(sup)
         # spawning still works: the generation actor dies and its group restarts and serves
         old = sup.actor("generation")
@@ -95,7 +92,7 @@ def test_300_half_open_connections_leave_serving_and_supervision_working(start_s
             120,
             "the group to restart",
         )
-        assert _chat(sup).status_code == 200
+        assert post_chat(sup, max_tokens=8).status_code == 200
         assert time.monotonic() - opened < header_timeout, "the restart outlasted the timeout"
         answers: dict[socket.socket, bytes] = {}
         assert not any(_ended(s, answers) for s in half + idle), "closed before header_timeout"
@@ -139,7 +136,7 @@ def test_a_body_over_max_body_bytes_is_413_announced_or_chunked(start_supervisor
     assert chunked.request.headers["transfer-encoding"] == "chunked"
     # nothing was generated, and a body within the bound is served
     assert sup.status()["requests_total"] == 0
-    assert _chat(sup).status_code == 200
+    assert post_chat(sup, max_tokens=8).status_code == 200
 
 
 def test_a_slow_body_is_answered_408_and_closed_after_body_timeout(start_supervisor):
@@ -159,7 +156,7 @@ def test_a_slow_body_is_answered_408_and_closed_after_body_timeout(start_supervi
     events = [e.get("event") for e in sup.log_lines()]
     assert "http_read_timeout" in events
     assert "api.unhandled_error" not in events, "a timeout is no server error"
-    assert _chat(sup).status_code == 200
+    assert post_chat(sup, max_tokens=8).status_code == 200
 
 
 def test_past_max_connections_a_new_one_gets_503_with_retry_after(start_supervisor):

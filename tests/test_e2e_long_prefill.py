@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
+from tests.clients import client_for
 from tests.conftest import RunningSupervisor, demo_hostfile
 
 WATCHDOG = 3.0
@@ -29,10 +29,6 @@ def small(tmp_path_factory):
         running.stop()
 
 
-def client(sup: RunningSupervisor) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sup.url + "/v1", api_key="unused", max_retries=0, timeout=600)
-
-
 def assert_never_restarted(sup: RunningSupervisor) -> None:
     reasons = [line.get("reason", "") or line.get("error", "") for line in sup.log_lines()]
     assert not [r for r in reasons if "watchdog" in str(r)], sup.log_tail()
@@ -44,7 +40,7 @@ def long_prompt(i: int, words: int) -> str:
 
 
 def test_ten_simultaneous_long_prompts_never_trip_the_watchdog(small):
-    api = client(small)
+    api = client_for(small, timeout=600)
 
     def ask(i: int):
         return api.completions.create(
@@ -59,7 +55,7 @@ def test_ten_simultaneous_long_prompts_never_trip_the_watchdog(small):
 
 
 def test_a_prompt_near_the_context_length_never_trips_the_watchdog(small):
-    api = client(small)
+    api = client_for(small, timeout=600)
     reply = api.completions.create(
         model="demo:small", prompt=long_prompt(99, 1080), max_tokens=4, temperature=0
     )

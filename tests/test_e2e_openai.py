@@ -10,6 +10,7 @@ import urllib.request
 import openai
 import pytest
 
+from tests.clients import async_client_for, chat, client_for
 from tests.conftest import http_json
 
 MODEL = "demo:tiny"
@@ -17,13 +18,7 @@ MODEL = "demo:tiny"
 
 @pytest.fixture(scope="module")
 def client(sup):
-    return openai.OpenAI(base_url=sup.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def greedy_chat(client, content: str, **kw):
-    return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], temperature=0, **kw
-    )
+    return client_for(sup)
 
 
 def test_models_list_and_get(client):
@@ -62,13 +57,14 @@ def test_text_completion(client):
 
 
 def test_greedy_is_deterministic_and_streaming_matches(client):
-    a = greedy_chat(client, "tell me a story", max_tokens=20)
-    b = greedy_chat(client, "tell me a story", max_tokens=20)
+    a = chat(client, "tell me a story", temperature=0, max_tokens=20)
+    b = chat(client, "tell me a story", temperature=0, max_tokens=20)
     assert a.choices[0].message.content == b.choices[0].message.content
     chunks = list(
-        greedy_chat(
+        chat(
             client,
             "tell me a story",
+            temperature=0,
             max_tokens=20,
             stream=True,
             stream_options={"include_usage": True},
@@ -86,25 +82,18 @@ def test_greedy_is_deterministic_and_streaming_matches(client):
 
 
 def test_stop_string_is_not_emitted(client):
-    full = greedy_chat(client, "count with me", max_tokens=24).choices[0].message.content
+    full = chat(client, "count with me", temperature=0, max_tokens=24).choices[0].message.content
     assert len(full) > 6, "the demo model should say something"
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = full.index(stop)
-    reply = greedy_chat(client, "count with me", max_tokens=24, stop=[stop, "@@never@@"])
+    reply = chat(client, "count with me", temperature=0, max_tokens=24, stop=[stop, "@@never@@"])
     assert reply.choices[0].finish_reason == "stop"
     assert reply.choices[0].message.content == full[:cut]
 
 
 def test_n_2_gives_two_independent_choices(client):
     def ask():
-        return client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "hi"}],
-            n=2,
-            max_tokens=10,
-            temperature=1.0,
-            seed=7,
-        )
+        return chat(client, n=2, max_tokens=10, temperature=1.0, seed=7)
 
     reply = ask()
     assert [c.index for c in reply.choices] == [0, 1]
@@ -114,7 +103,7 @@ def test_n_2_gives_two_independent_choices(client):
 
 
 def test_logprobs(client):
-    reply = greedy_chat(client, "hello", max_tokens=6, logprobs=True, top_logprobs=3)
+    reply = chat(client, "hello", temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)
     content = reply.choices[0].logprobs.content
     assert len(content) == reply.usage.completion_tokens
     for item in content:
@@ -125,7 +114,7 @@ def test_logprobs(client):
 
 
 def test_eight_concurrent_streams_are_batched(sup):
-    aclient = openai.AsyncOpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    aclient = async_client_for(sup)
 
     async def one(i: int) -> tuple[str, str]:
         stream = await aclient.chat.completions.create(
@@ -189,7 +178,7 @@ def test_bad_bodies_are_400_naming_the_field(sup, body, field):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_longer_than_the_context_is_400_streamed_or_not(client, stream):
     with pytest.raises(openai.BadRequestError) as info:
-        greedy_chat(client, "river " * 5000, max_tokens=4, stream=stream)
+        chat(client, "river " * 5000, temperature=0, max_tokens=4, stream=stream)
     message = info.value.body["message"]
     assert "the model's context is 4096" in message and "\n" not in message
 
@@ -230,7 +219,7 @@ def test_stream_interval_from_the_hostfile_reaches_the_engine(start_supervisor):
 
     sup = start_supervisor(demo_hostfile(stream_interval_ms=1000))
     sup.wait_healthy()
-    client = openai.OpenAI(base_url=sup.url + "/v1", api_key="unused", max_retries=0)
+    client = client_for(sup)
     started = time.monotonic()
     stream = client.chat.completions.create(
         model=MODEL,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
 from actors.demo_model import ensure_demo_model
+from tests.clients import chat, client_for
 from tests.conftest import demo_hostfile, wait_for
 
 MODEL = "demo:tiny"
@@ -37,25 +37,16 @@ def system_tokens(tokenizer, system: str) -> int:
     return len(tokenizer.apply_chat_template([{"role": "system", "content": system}]))
 
 
-def chat(client, system: str, user: str, **kw):
-    return client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-        temperature=0,
-        **kw,
-    )
-
-
 @pytest.fixture
 def client(start_supervisor):
     running = start_supervisor(demo_hostfile(max_batch=32))
     running.wait_healthy()
-    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return client_for(running, timeout=120)
 
 
 def test_a_system_prompt_survives_a_burst_of_unrelated_requests(client, tokenizer):
     system = system_prompt("gardening")
-    first = chat(client, system, "How deep do I plant tulips?", max_tokens=4)
+    first = chat(client, "How deep do I plant tulips?", system=system, temperature=0, max_tokens=4)
     assert first.usage.prompt_tokens > system_tokens(tokenizer, system)
 
     def unrelated(i: int):
@@ -70,7 +61,7 @@ def test_a_system_prompt_survives_a_burst_of_unrelated_requests(client, tokenize
         burst = list(pool.map(unrelated, range(36)))
     assert all(r.choices[0].finish_reason in ("stop", "length") for r in burst)
 
-    again = chat(client, system, "And daffodils?", max_tokens=4)
+    again = chat(client, "And daffodils?", system=system, temperature=0, max_tokens=4)
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert cached >= system_tokens(tokenizer, system), again.usage
 
@@ -100,7 +91,7 @@ def test_a_follow_up_reuses_the_system_prompt_while_the_first_still_decodes(clie
     runner = threading.Thread(target=long_first, daemon=True)
     runner.start()
     wait_for(first_token.is_set, 60, "the first stream's first token")
-    follow_up = chat(client, system, "And Saturn?", max_tokens=4)
+    follow_up = chat(client, "And Saturn?", system=system, temperature=0, max_tokens=4)
     still_decoding = not first_done.is_set()
     cached = follow_up.usage.prompt_tokens_details.cached_tokens
     assert cached >= system_tokens(tokenizer, system), follow_up.usage
@@ -113,7 +104,9 @@ def test_simultaneous_users_of_a_new_system_prompt_prefill_it_once(client, token
     system = system_prompt("sailing")
 
     def ask(i: int):
-        return chat(client, system, f"Question {i}: which knot?", max_tokens=4)
+        return chat(
+            client, f"Question {i}: which knot?", system=system, temperature=0, max_tokens=4
+        )
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         replies = list(pool.map(ask, range(10)))

@@ -24,6 +24,7 @@ import httpx
 import openai
 import pytest
 
+from tests.clients import client_for
 from tests.conftest import RunningSupervisor, wait_for
 
 DEMO = "demo:tiny"
@@ -44,10 +45,6 @@ def wait_all_ready(sup) -> None:
         120,
         "every group to be ready",
     )
-
-
-def client_for(sup, timeout: float = 60) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sup.url + "/v1", api_key="x", max_retries=0, timeout=timeout)
 
 
 @dataclass

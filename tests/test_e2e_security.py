@@ -18,6 +18,7 @@ import pytest
 
 from supervisor.credentials import admin_key_file, join_token_file
 from supervisor.pidfile import default_pidfile
+from tests.clients import post_chat
 from tests.conftest import ROOT, RunningSupervisor, demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"
@@ -56,7 +57,7 @@ def node_names(sup, key: str | None = None) -> list[str]:
 
 
 def chat_works(sup, headers: dict | None = None) -> bool:
-    r = httpx.post(sup.url + "/v1/chat/completions", json=CHAT, headers=headers, timeout=60)
+    r = post_chat(sup, headers=headers, max_tokens=2)
     return r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import socket
 
-import httpx
 import psutil
 
+from tests.clients import post_chat
 from tests.conftest import demo_hostfile, wait_for
 
 STREAMS = 40
@@ -99,9 +99,5 @@ def test_unread_streams_are_cut_at_the_bound_and_hanging_up_frees_everything(sta
     wait_for(lambda: _in_flight(sup) == 0, 60, "in_flight back to 0 after the hang-ups")
     assert _active(sup) == 0
     # serving is unaffected
-    reply = httpx.post(
-        sup.url + "/v1/chat/completions",
-        json={"model": "demo:tiny", "messages": [{"role": "user", "content": "hi"}]},
-        timeout=60,
-    )
+    reply = post_chat(sup)
     assert reply.status_code == 200, reply.text

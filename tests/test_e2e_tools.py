@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from tests import sample_tools
+from tests.clients import chat, client_for
 
 MODEL = "demo:tiny"
 SEEDS = range(3)
@@ -36,12 +37,12 @@ class Person(BaseModel):
 
 @pytest.fixture(scope="module")
 def client(sup):
-    return openai.OpenAI(base_url=sup.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return client_for(sup)
 
 
-def chat(client, **kw):
-    kw = {"model": MODEL, "messages": ASK, "temperature": 1.0, "max_tokens": 300, **kw}
-    return client.chat.completions.create(**kw)
+def ask(client, **kw):
+    """The tools question, sampled, with room for both calls."""
+    return chat(client, **{"messages": ASK, "temperature": 1.0, "max_tokens": 300, **kw})
 
 
 def assert_valid_calls(calls, names: set[str]) -> None:
@@ -55,7 +56,7 @@ def assert_valid_calls(calls, names: set[str]) -> None:
 
 def test_required_tool_choice_calls_declared_functions_with_valid_arguments(client):
     for seed in SEEDS:
-        choice = chat(client, tools=TOOLS, tool_choice="required", seed=seed).choices[0]
+        choice = ask(client, tools=TOOLS, tool_choice="required", seed=seed).choices[0]
         assert choice.finish_reason == "tool_calls"
         assert choice.message.content is None
         assert_valid_calls(choice.message.tool_calls, {"get_weather", "add"})
@@ -64,14 +65,14 @@ def test_required_tool_choice_calls_declared_functions_with_valid_arguments(clie
 def test_named_tool_choice_calls_that_function_once(client):
     named = {"type": "function", "function": {"name": "get_weather"}}
     for seed in SEEDS:
-        choice = chat(client, tools=TOOLS, tool_choice=named, seed=seed).choices[0]
+        choice = ask(client, tools=TOOLS, tool_choice=named, seed=seed).choices[0]
         assert choice.finish_reason == "tool_calls"
         assert_valid_calls(choice.message.tool_calls, {"get_weather"})
         assert len(choice.message.tool_calls) == 1
 
 
 def test_streamed_tool_calls_arrive_as_indexed_deltas(client):
-    stream = chat(client, tools=TOOLS, tool_choice="required", seed=4, stream=True)
+    stream = ask(client, tools=TOOLS, tool_choice="required", seed=4, stream=True)
     calls: dict[int, dict] = {}
     reasons, content = [], ""
     for chunk in stream:
@@ -93,7 +94,7 @@ def test_streamed_tool_calls_arrive_as_indexed_deltas(client):
 
 
 def test_a_conversation_with_a_call_and_its_result_continues(client):
-    first = chat(client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "add"}})
+    first = ask(client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "add"}})
     message = first.choices[0].message
     (call,) = message.tool_calls
     a, b = (json.loads(call.function.arguments)[k] for k in ("a", "b"))
@@ -102,10 +103,10 @@ def test_a_conversation_with_a_call_and_its_result_continues(client):
         message.model_dump(exclude_none=True),  # the assistant turn exactly as received
         {"role": "tool", "tool_call_id": call.id, "content": str(a + b)},
     ]
-    reply = chat(client, messages=history, tools=TOOLS, max_tokens=16, seed=1)
+    reply = ask(client, messages=history, tools=TOOLS, max_tokens=16, seed=1)
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.prompt_tokens > first.usage.prompt_tokens  # the call and result rendered
-    again = chat(client, messages=history, tools=TOOLS, tool_choice="required", seed=2)
+    again = ask(client, messages=history, tools=TOOLS, tool_choice="required", seed=2)
     assert_valid_calls(again.choices[0].message.tool_calls, {"get_weather", "add"})
 
 
@@ -126,7 +127,7 @@ def test_json_schema_parses_into_a_pydantic_model(client):
 
 def test_json_object_returns_a_parseable_object(client):
     for seed in range(6):
-        reply = chat(client, response_format={"type": "json_object"}, seed=seed)
+        reply = ask(client, response_format={"type": "json_object"}, seed=seed)
         choice = reply.choices[0]
         assert choice.finish_reason == "stop", choice.message.content
         assert isinstance(json.loads(choice.message.content), dict)
@@ -135,7 +136,7 @@ def test_json_object_returns_a_parseable_object(client):
 def test_n_choices_each_follow_the_schema(client):
     schema = Person.model_json_schema()
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
-    reply = chat(client, response_format=fmt, n=2, seed=7)
+    reply = ask(client, response_format=fmt, n=2, seed=7)
     assert len(reply.choices) == 2
     for choice in reply.choices:
         assert choice.finish_reason == "stop"
@@ -146,12 +147,12 @@ def test_an_invalid_schema_is_a_400_naming_the_problem(client):
     bad = {"type": "object", "properties": {"age": {"type": "nonsense"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": bad}}
     with pytest.raises(openai.BadRequestError) as caught:
-        chat(client, response_format=fmt)
+        ask(client, response_format=fmt)
     assert "response_format schema" in caught.value.message
     assert "nonsense" in caught.value.message
 
 
 def test_tool_choice_none_answers_in_text(client):
-    choice = chat(client, tools=TOOLS, tool_choice="none", max_tokens=12, seed=3).choices[0]
+    choice = ask(client, tools=TOOLS, tool_choice="none", max_tokens=12, seed=3).choices[0]
     assert choice.message.tool_calls is None
     assert choice.finish_reason in ("stop", "length")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 
-import httpx
-
+from tests.clients import post_chat
 from tests.conftest import ROOT, RunningSupervisor, run_cli, wait_for
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
 
@@ -90,11 +89,7 @@ def test_a_hostfile_node_is_kept_while_down_and_its_group_starts_when_it_returns
         sup.wait_healthy(timeout=120)
         for actor in sup.status()["actors"]:
             sshd.remember(actor["pid"])
-        reply = httpx.post(
-            sup.url + "/v1/chat/completions",
-            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-            timeout=60,
-        )
+        reply = post_chat(sup, max_tokens=4)
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-served-by"] == "main"
         assert reply.json()["choices"][0]["message"]["content"]

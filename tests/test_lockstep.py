@@ -48,6 +48,7 @@ def run_pair(scenario: str) -> list[list[dict]]:
     return lines
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_followers_receive_exactly_what_rank_0_shares_and_stop_when_told():
     leader, follower = run_pair("share")
     assert [line.get("plan") for line in follower[:3]] == [line.get("plan") for line in leader[:3]]
@@ -63,6 +64,7 @@ def test_followers_receive_exactly_what_rank_0_shares_and_stop_when_told():
     assert follower[-1] == {"end": "stopped by rank 0"}
 
 
+@pytest.mark.e2e  # starts real processes without a fixture
 def test_a_rank_that_dies_fails_the_group_on_its_peer_instead_of_hanging():
     leader, follower = run_pair("lost")
     assert follower == [{"step": 0, "plan": leader[0]["plan"]}]

@@ -111,6 +111,7 @@ def test_every_operation_is_documented_truthfully(case, document):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # counts what the supervisor run above did
 def test_the_run_covers_enough_cases():
     """Runs after the property test (file order): its case count must not silently shrink."""
     if not CASES:
