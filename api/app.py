@@ -19,7 +19,7 @@ from api.edge.guards import HostCheck, Keys, inference_guards, is_admin
 from api.edge.redaction import redact, ssh_users
 from api.ollama.routes import ollama_root, ollama_root_head, ollama_router
 from api.openai.routes import openai_router
-from supervisor.service import GenerationService
+from supervisor.serving.contract import GenerationService
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
 HealthSource = Callable[[], Any]  # returns (status code, dict) (or an awaitable of it)

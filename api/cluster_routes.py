@@ -15,7 +15,7 @@ from litestar.params import Parameter
 
 from api.edge.error_shape import ERROR_RESPONSES, error_response
 from api.edge.guards import Keys, json_body_only, require_admin, require_join
-from supervisor.service import HostJoin, Membership
+from supervisor.serving.contract import HostJoin, Membership
 
 _DENIED = {
     401: error_response("No admin key (or join token) was sent"),

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.models import resolve_model  # noqa: E402
-from supervisor.spawner import openblas_path  # noqa: E402
+from supervisor.supervision.spawner import openblas_path  # noqa: E402
 
 EOS_BIAS = -100.0
 
@@ -84,7 +84,15 @@ def ours(model: str, tmp: Path, tokens: int, idle: float, bias) -> tuple[list[fl
     hostfile.write_text(json.dumps({"model": model, "hosts": hosts, "log_format": "json"}))
     with open(tmp / "ours.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "start", str(hostfile), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "supervisor",
+                "start",
+                str(hostfile),
+                "--port",
+                str(port),
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -192,7 +192,7 @@ class OurSupervisor(HttpContender):
         hosts = [{"ssh": "localhost", "name": "local"}]
         api = {"host": "127.0.0.1", "port": port}
         hostfile.write_text(json.dumps({"model": spec, "api": api, "hosts": hosts}))
-        command = [sys.executable, "-m", "supervisor.cli", "start", str(hostfile)]
+        command = [sys.executable, "-m", "supervisor", "start", str(hostfile)]
         self._boot(command, log_dir / "supervisor.log", "/health")
         self.supervisor_pid = self._processes.roots[0].pid
         self.actor_pid = self._generation_pid()

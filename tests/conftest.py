@@ -92,7 +92,7 @@ async def until(condition, timeout: float, what: str) -> None:
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real `supervisor` command line with ``args``."""
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args],
+        [sys.executable, "-m", "supervisor", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -129,7 +129,7 @@ class RunningSupervisor:
             [
                 sys.executable,
                 "-m",
-                "supervisor.cli",
+                "supervisor",
                 "start",
                 str(self.hostfile_path),
                 *(extra_args or []),

@@ -28,7 +28,7 @@ from actors.protocol import (
     Usage,
 )
 from api.app import create_app
-from supervisor.service import ModelInfo
+from supervisor.serving.contract import ModelInfo
 
 DEADLINE = 5.0
 USER = [{"role": "user", "content": "hi"}]

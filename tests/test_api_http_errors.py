@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from actors.protocol import GenerationEvent, GenerationFailed, GenerationRequest, TokenDelta
-from supervisor.service import ModelNotFound, QueueFull, Unavailable
+from supervisor.serving.contract import ModelNotFound, QueueFull, Unavailable
 from tests.test_api_http import DEADLINE, USER, ScriptedService, clients, hello, serving
 
 

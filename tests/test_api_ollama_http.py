@@ -20,7 +20,7 @@ from actors.protocol import (
     TokenDelta,
     Usage,
 )
-from supervisor.service import QueueFull
+from supervisor.serving.contract import QueueFull
 from tests.test_api_http import CALL, ScriptedService, serving
 
 USER = [{"role": "user", "content": "hi"}]

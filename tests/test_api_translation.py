@@ -16,7 +16,7 @@ from api.openai.translate import (
     chat_to_generation,
     completion_to_generation,
 )
-from supervisor.service import BadRequest
+from supervisor.serving.contract import BadRequest
 
 USER = {"role": "user", "content": "hi"}
 

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from supervisor.pidfile import default_pidfile, port_of
+from supervisor.cli.pidfile import default_pidfile, port_of
 from tests.conftest import demo_hostfile, free_port, run_cli, wait_for
 
 

@@ -17,9 +17,9 @@ import structlog
 
 from actors.protocol import ActorConfig, Hello, Ready, Refused, Welcome
 from actors.transport import frame, read_message, write_message
-from supervisor.control import ControlServer
-from supervisor.handle import ActorHandle
-from supervisor.spawner import ActorLaunch, actor_environment
+from supervisor.control.handle import ActorHandle
+from supervisor.control.server import ControlServer
+from supervisor.supervision.spawner import ActorLaunch, actor_environment
 from tests.conftest import until
 
 TOKEN = "control-test-token"

@@ -15,7 +15,7 @@ from tests.clients import post_chat
 MODEL = "demo:tiny"
 USER = [{"role": "user", "content": "hi"}]
 CONTEXT = 4096  # the demo model's
-BYTES_PER_TOKEN = 64  # supervisor.serving.BYTES_PER_TOKEN_CEILING
+BYTES_PER_TOKEN = 64  # supervisor.serving.service.BYTES_PER_TOKEN_CEILING
 
 
 @pytest.fixture(scope="module")

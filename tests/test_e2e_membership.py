@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import psutil
 
-from supervisor.credentials import admin_key_file
-from supervisor.pidfile import default_pidfile
+from supervisor.cli.credentials import admin_key_file
+from supervisor.cli.pidfile import default_pidfile
 from tests.conftest import demo_hostfile, run_cli, wait_for
 
 MODEL = "demo:tiny"

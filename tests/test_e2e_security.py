@@ -16,8 +16,8 @@ import sys
 import httpx
 import pytest
 
-from supervisor.credentials import admin_key_file, join_token_file
-from supervisor.pidfile import default_pidfile
+from supervisor.cli.credentials import admin_key_file, join_token_file
+from supervisor.cli.pidfile import default_pidfile
 from tests.clients import post_chat
 from tests.conftest import ROOT, RunningSupervisor, demo_hostfile, run_cli, wait_for
 
@@ -305,7 +305,7 @@ def test_an_empty_key_in_the_environment_is_refused(tmp_path, name):
     hostfile = tmp_path / "hostfile.json"
     hostfile.write_text(json.dumps(demo_hostfile()))
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "start", str(hostfile), "--port", "0"],
+        [sys.executable, "-m", "supervisor", "start", str(hostfile), "--port", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.escalation import ClusterDown, GroupDown, NodeDown, escalate
+from supervisor.supervision.escalation import ClusterDown, GroupDown, NodeDown, escalate
 
 WHY = "3 restarts within 60 s exceeds intensity 2"
 LAST = f"every group is down; the last, a, failed: {WHY}"

@@ -13,14 +13,15 @@ import pytest
 from actors.models import resolve_model
 from actors.protocol import ActorConfig
 from actors.sharding import ModelShape, model_facts, sharding_problem
-from supervisor.control import ControlServer
-from supervisor.group_validation import GroupConfigError, validate_groups
-from supervisor.hostfile import parse_hostfile
-from supervisor.policy import SupervisorFlags
-from supervisor.spawner import LocalSpawner
+from supervisor.config.groups import GroupConfigError, validate_groups
+from supervisor.config.load import parse_hostfile
+from supervisor.control.server import ControlServer
 from supervisor.state import ClusterState
 from supervisor.state.events import GroupDeclared
-from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from supervisor.supervision.child import ChildSpec, Timeouts
+from supervisor.supervision.policy import SupervisorFlags
+from supervisor.supervision.spawner import LocalSpawner
+from supervisor.supervision.supervisor import ChildSupervisor
 
 QWEN_7B = ModelShape("qwen2", True, True, layers=28, attention_heads=28, kv_heads=4,
                      intermediate_size=18944)  # fmt: skip

@@ -22,8 +22,8 @@ from actors.protocol import (
     Usage,
 )
 from actors.transport import frame, read_message, write_message
-from supervisor import handle as handle_module
-from supervisor.handle import ActorGone, ActorHandle
+from supervisor.control import handle as handle_module
+from supervisor.control.handle import ActorGone, ActorHandle
 
 LIMIT = 64 * 1024
 

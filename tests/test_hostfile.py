@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hostfile import (
-    ApiSpec,
-    ClusterSpec,
-    ControlSpec,
+from supervisor.config.load import (
     HostfileError,
-    HostSpec,
-    RestartSpec,
-    RouterSpec,
     apply_overrides,
     is_local,
     load_hostfile,
     parse_hostfile,
+)
+from supervisor.config.spec import (
+    ApiSpec,
+    ClusterSpec,
+    ControlSpec,
+    HostSpec,
+    RestartSpec,
+    RouterSpec,
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "hostfiles"

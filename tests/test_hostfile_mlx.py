@@ -10,7 +10,9 @@ import pytest
 from mlx._distributed_utils import launch as mlx_launch
 from mlx._distributed_utils.common import Host, Hostfile
 
-from supervisor.hostfile import HostSpec, jaccl_env, load_hostfile, ring_hostfile
+from supervisor.config.load import load_hostfile
+from supervisor.config.mlx_launch import jaccl_env, ring_hostfile
+from supervisor.config.spec import HostSpec
 from tests.test_hostfile import EXAMPLES, error, mesh, parse
 
 

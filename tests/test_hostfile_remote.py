@@ -6,14 +6,9 @@ import json
 
 import pytest
 
-from supervisor.hostfile import (
-    RING_STARTING_PORT,
-    ClusterSpec,
-    HostfileError,
-    SSHSpec,
-    listen_addresses,
-    parse_hostfile,
-)
+from supervisor.config.load import HostfileError, parse_hostfile
+from supervisor.config.mlx_launch import listen_addresses
+from supervisor.config.spec import RING_STARTING_PORT, ClusterSpec, SSHSpec
 
 MAC1 = {"ssh": "mac1", "ips": ["10.0.0.1"]}
 MAC2 = {"ssh": "mac2", "ips": ["10.0.0.2"]}
@@ -153,7 +148,7 @@ def test_starting_port_is_a_port(port):
 def test_four_mac_example_is_one_jaccl_group_of_four():
     from pathlib import Path
 
-    from supervisor.hostfile import load_hostfile
+    from supervisor.config.load import load_hostfile
 
     spec = load_hostfile(Path(__file__).resolve().parent.parent / "hostfiles" / "4mac-jaccl.json")
     (group,) = spec.groups

@@ -11,10 +11,11 @@ import json
 import pytest
 
 from actors.runtime import ssh_client_address
-from supervisor.cluster import Cluster
-from supervisor.hostfile import HostSpec, parse_hostfile
-from supervisor.membership import ClusterMembership, dials_back_to
-from supervisor.service import BadRequest, HostJoin
+from supervisor.cluster.cluster import Cluster
+from supervisor.cluster.membership import ClusterMembership, dials_back_to
+from supervisor.config.load import parse_hostfile
+from supervisor.config.spec import HostSpec
+from supervisor.serving.contract import BadRequest, HostJoin
 
 FIX = "set control.host to this machine's address on the cluster network, then restart"
 

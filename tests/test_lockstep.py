@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from supervisor.hostfile import GroupSpec, HostSpec
-from supervisor.ranks import free_starting_port, rank_environments
+from supervisor.config.spec import GroupSpec, HostSpec
+from supervisor.supervision.ranks import free_starting_port, rank_environments
 from tests.conftest import ROOT
 
 PEER = str(ROOT / "tests" / "lockstep_peer.py")

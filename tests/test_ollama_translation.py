@@ -24,7 +24,7 @@ from api.ollama.replies import done_reason, full_reply, load_reply
 from api.ollama.stream import StreamedReply
 from api.ollama.timing import Timings, rfc3339
 from api.ollama.translate import chat_to_generation, generate_to_generation, resolve_model
-from supervisor.service import BadRequest, ModelInfo
+from supervisor.serving.contract import BadRequest, ModelInfo
 
 CALL = ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}')
 

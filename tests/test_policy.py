@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.hostfile import RestartSpec
-from supervisor.policy import (
+from supervisor.config.spec import RestartSpec
+from supervisor.supervision.policy import (
     GiveUp,
     Leave,
     Restart,

@@ -14,8 +14,9 @@ import pytest
 from mlx._distributed_utils.common import Host
 
 from actors.rank_env import CPU_ENV, FILE_PREFIX, write_rank_files
-from supervisor.hostfile import GroupSpec, HostSpec, parse_hostfile
-from supervisor.ranks import (
+from supervisor.config.load import parse_hostfile
+from supervisor.config.spec import GroupSpec, HostSpec
+from supervisor.supervision.ranks import (
     THIS_MACHINE,
     cpu_environment,
     cpu_slots,

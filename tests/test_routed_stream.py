@@ -16,8 +16,8 @@ from actors.protocol import (
     TokenDelta,
     Usage,
 )
-from supervisor.routed_stream import RoutedStream
-from supervisor.service import Unavailable
+from supervisor.serving.contract import Unavailable
+from supervisor.serving.routed_stream import RoutedStream
 from supervisor.state import ClusterState
 from supervisor.state.events import GroupDeclared, GroupState
 
@@ -134,7 +134,7 @@ async def test_a_client_that_hangs_up_leaves_nothing_owed():
 
 
 async def test_without_max_tokens_a_default_budget_is_owed():
-    from supervisor.routed_stream import DEFAULT_BUDGET
+    from supervisor.serving.routed_stream import DEFAULT_BUDGET
 
     a = Group("a", Leader([]))
     state, placement = setup(a)
@@ -146,7 +146,7 @@ async def test_without_max_tokens_a_default_budget_is_owed():
 
 
 async def test_a_request_is_placed_at_most_max_placements_times():
-    from supervisor.routed_stream import MAX_PLACEMENTS
+    from supervisor.serving.routed_stream import MAX_PLACEMENTS
 
     groups = [Group(name, Leader([LOST])) for name in "abcde"]
     state, placement = setup(*groups)

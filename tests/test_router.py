@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.protocol import ChatMessage, GenerationRequest
-from supervisor.router import (
+from supervisor.serving.router import (
     Ask,
     GroupLoad,
     Hardware,

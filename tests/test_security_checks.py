@@ -10,7 +10,7 @@ import pytest
 
 from api.edge.guards import host_name, same_key
 from api.edge.redaction import redact, ssh_users
-from supervisor.credentials import (
+from supervisor.cli.credentials import (
     CredentialError,
     admin_key_file,
     credentials_for,
@@ -22,11 +22,12 @@ from supervisor.credentials import (
     remove_secret,
     write_secret,
 )
-from supervisor.hostfile import HostfileError, HostSpec, parse_hostfile
-from supervisor.hostfile_validation import Problem, check_host
-from supervisor.membership import host_from_join
-from supervisor.service import BadRequest, HostJoin
-from supervisor.ssh_target import SSHTargetError, parse_ssh_target
+from supervisor.cluster.membership import host_from_join
+from supervisor.config.checks import Problem, check_host
+from supervisor.config.load import HostfileError, parse_hostfile
+from supervisor.config.spec import HostSpec
+from supervisor.serving.contract import BadRequest, HostJoin
+from supervisor.ssh.target import SSHTargetError, parse_ssh_target
 
 
 def problem(host: HostSpec, from_request: bool = False) -> str:

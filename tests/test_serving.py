@@ -15,9 +15,9 @@ import time
 import pytest
 
 from actors.protocol import ChatMessage, GenerationRequest, ToolSpec
-from supervisor.router import Hardware
-from supervisor.service import ContextLengthExceeded, QueueFull, Unavailable
-from supervisor.serving import (
+from supervisor.serving.contract import ContextLengthExceeded, QueueFull, Unavailable
+from supervisor.serving.router import Hardware
+from supervisor.serving.service import (
     BYTES_PER_TOKEN_CEILING,
     FAILED_RETRY_AFTER,
     RESTART_RETRY_AFTER,

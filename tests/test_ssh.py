@@ -16,11 +16,9 @@ import pytest
 import structlog
 
 from actors.protocol import ActorConfig
-from supervisor.control import ControlServer
-from supervisor.hostfile import HostSpec
-from supervisor.policy import SupervisorFlags
-from supervisor.spawner import ActorLaunch, HostUnreachable, openblas_path
-from supervisor.ssh import (
+from supervisor.config.spec import HostSpec
+from supervisor.control.server import ControlServer
+from supervisor.ssh.spawner import (
     CONNECTION_LOST,
     RemoteProcess,
     SSHError,
@@ -29,7 +27,10 @@ from supervisor.ssh import (
 )
 from supervisor.state import ClusterState
 from supervisor.state.events import GroupDeclared
-from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from supervisor.supervision.child import ChildSpec, Timeouts
+from supervisor.supervision.policy import SupervisorFlags
+from supervisor.supervision.spawner import ActorLaunch, HostUnreachable, openblas_path
+from supervisor.supervision.supervisor import ChildSupervisor
 from tests.conftest import until
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
 

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 
 from actors.boot import present_preloads, read_environment
-from supervisor.ssh_target import (
+from supervisor.ssh.target import (
     Endpoint,
     SSHError,
     SSHTarget,

@@ -13,13 +13,14 @@ import pytest
 
 from actors.protocol import ActorConfig, Hello, Refused
 from actors.transport import read_message, write_message
-from supervisor.control import ControlServer
-from supervisor.hostfile import RestartType
-from supervisor.policy import SupervisorFlags
-from supervisor.spawner import ActorLaunch, LocalSpawner, actor_environment
+from supervisor.config.spec import RestartType
+from supervisor.control.server import ControlServer
 from supervisor.state import ClusterState
 from supervisor.state.events import GroupDeclared
-from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from supervisor.supervision.child import ChildSpec, Timeouts
+from supervisor.supervision.policy import SupervisorFlags
+from supervisor.supervision.spawner import ActorLaunch, LocalSpawner, actor_environment
+from supervisor.supervision.supervisor import ChildSupervisor
 from tests.conftest import until
 
 TOKEN = "test-token"

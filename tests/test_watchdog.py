@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.watchdog import (
+from supervisor.supervision.watchdog import (
     LOOP_STALL_TOLERANCE,
     Limits,
     Ok,

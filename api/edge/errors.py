@@ -21,7 +21,7 @@ from litestar.utils.scope.state import ScopeState
 from actors.protocol import GenerationFailed
 from api.edge.error_shape import error_body
 from api.edge.limits import MAX_SCHEMA_DEPTH, too_deep_field
-from supervisor.service import ServiceError
+from supervisor.serving.contract import ServiceError
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from api.edge.submission import (
     started_events,
     submit_all,
 )
-from supervisor.service import GenerationService, GenerationStream, ServiceError
+from supervisor.serving.contract import GenerationService, GenerationStream, ServiceError
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from supervisor.service import BadRequest
+from supervisor.serving.contract import BadRequest
 
 # Real schemas nest a handful of levels; 64 leaves room for any hand-written one.
 MAX_SCHEMA_DEPTH = 64

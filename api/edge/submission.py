@@ -26,7 +26,7 @@ from actors.protocol import (
 )
 from api.edge.choices import ChoiceResult
 from api.edge.errors import failure_error
-from supervisor.service import GenerationService, GenerationStream
+from supervisor.serving.contract import GenerationService, GenerationStream
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from api.ollama.protocol import (
     TagsResponse,
 )
 from api.ollama.timing import rfc3339
-from supervisor.service import ModelInfo
+from supervisor.serving.contract import ModelInfo
 
 # The Ollama API level these endpoints follow (tools, structured outputs, tool_name).
 OLLAMA_VERSION = "0.9.0"

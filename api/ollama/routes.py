@@ -39,7 +39,7 @@ from api.ollama.replies import full_reply, load_reply
 from api.ollama.stream import StreamedReply, ndjson_lines
 from api.ollama.timing import TimedStream, Timings
 from api.ollama.translate import chat_to_generation, generate_to_generation, resolve_model
-from supervisor.service import (
+from supervisor.serving.contract import (
     BadRequest,
     GenerationService,
     GenerationStream,

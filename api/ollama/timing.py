@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta, Usage
-from supervisor.service import GenerationStream
+from supervisor.serving.contract import GenerationStream
 
 
 def rfc3339(timestamp: float) -> str:

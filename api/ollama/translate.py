@@ -25,7 +25,7 @@ from api.ollama.protocol import (
     Message,
     Options,
 )
-from supervisor.service import BadRequest
+from supervisor.serving.contract import BadRequest
 
 
 def resolve_model(name: str, served: list[str]) -> str | None:

@@ -29,7 +29,12 @@ from api.openai.protocol import (
 from api.openai.replies import chat_response, completion_response
 from api.openai.stream import ChatStreamAssembler, CompletionStreamAssembler, sse_frames
 from api.openai.translate import chat_to_generation, completion_to_generation
-from supervisor.service import GenerationService, GenerationStream, ModelNotFound, ServiceError
+from supervisor.serving.contract import (
+    GenerationService,
+    GenerationStream,
+    ModelNotFound,
+    ServiceError,
+)
 
 
 class ServedModelCard(ModelCard, tag="model"):

@@ -27,7 +27,7 @@ from api.openai.protocol import (
     SamplingFields,
 )
 from api.openai.protocol import ResponseFormat as ResponseFormatBody
-from supervisor.service import BadRequest
+from supervisor.serving.contract import BadRequest
 
 
 def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> list[GenerationRequest]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paramiko
 import structlog
 
-from supervisor.ssh_target import (
+from supervisor.ssh.target import (
     Endpoint,
     SSHError,
     SSHUnreachable,

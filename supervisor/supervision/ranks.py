@@ -11,9 +11,10 @@ import socket
 from collections.abc import Callable, Sequence
 
 from actors.rank_env import CPU_ENV, jaccl_environment, ring_environment
-from supervisor.hostfile import GroupSpec, HostSpec, is_local
-from supervisor.hostfile_validation import LOOPBACK
-from supervisor.mlx_launch import jaccl_env, ring_hostfile
+from supervisor.config.checks import LOOPBACK
+from supervisor.config.load import is_local
+from supervisor.config.mlx_launch import jaccl_env, ring_hostfile
+from supervisor.config.spec import GroupSpec, HostSpec
 
 THIS_MACHINE = "localhost"
 
@@ -110,7 +111,7 @@ def machine_name(host: HostSpec, ssh_config: str | None = None) -> str:
     """Which machine a host runs on: its SSH hostname after ssh_config, loopback as this one."""
     if is_local(host):
         return THIS_MACHINE
-    from supervisor.ssh_target import load_ssh_config, parse_ssh_target, resolve_endpoint
+    from supervisor.ssh.target import load_ssh_config, parse_ssh_target, resolve_endpoint
 
     try:
         endpoint = resolve_endpoint(parse_ssh_target(host.ssh), load_ssh_config(ssh_config))

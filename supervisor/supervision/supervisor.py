@@ -2,7 +2,7 @@
 
 A ``ChildSupervisor`` runs a set of children under its ``SupervisorFlags``. With
 one_for_all (a generation group), if any child exits, loses its control connection, goes
-silent, or stops making progress with work in flight (supervisor.watchdog), every child
+silent, or stops making progress with work in flight (supervisor.supervision.watchdog), every child
 of the set is killed by PID and the set is restarted by each child's restart type.
 one_for_one (the node actors) is a ChildSupervisor per child. A set that restarts more
 than its intensity allows gives up and escalates (``on_give_up``) to the cluster.
@@ -18,23 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
-from actors.protocol import ActorConfig, ActorError, Heartbeat, LoadProgress, Ready, Shutdown
-from supervisor.control import ControlServer
-from supervisor.handle import ActorHandle
-from supervisor.policy import (
-    GiveUp,
-    Leave,
-    RestartHistory,
-    RestartType,
-    SupervisorFlags,
-    Wait,
-    decide,
-)
-from supervisor.spawner import ActorLaunch, ActorProcess, HostUnreachable, Spawner
+from actors.protocol import ActorError, Heartbeat, LoadProgress, Ready, Shutdown
+from supervisor.control.handle import ActorHandle
+from supervisor.control.server import ControlServer
 from supervisor.state import ClusterState
 from supervisor.state.events import (
     ActorHeartbeat,
@@ -49,64 +38,19 @@ from supervisor.state.events import (
     SupervisorStarted,
 )
 from supervisor.state.views import GroupStateName
-from supervisor.watchdog import Limits, Ok, Pulse, check, loop_stall
+from supervisor.supervision.child import Child, ChildFailed, ChildSpec, Timeouts
+from supervisor.supervision.policy import (
+    GiveUp,
+    Leave,
+    RestartHistory,
+    SupervisorFlags,
+    Wait,
+    decide,
+)
+from supervisor.supervision.spawner import ActorLaunch, HostUnreachable
+from supervisor.supervision.watchdog import Limits, Ok, Pulse, check, loop_stall
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """OTP's child spec: what to start, where, and its restart type."""
-
-    config: ActorConfig
-    spawner: Spawner
-    restart: RestartType = "permanent"
-    env: dict[str, str] = field(default_factory=dict)
-    python: str | None = None
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    hello: float = 30.0
-    load: float = 900.0
-    heartbeat: float = 2.0  # the hostfile's restart.heartbeat_timeout
-    watchdog: float = 30.0
-    stop_grace: float = 5.0
-    # mx.distributed.init holds the GIL while a rank waits for its peers (measured): no
-    # heartbeats until the last rank dials in, which the ring gives up on after ~31 s.
-    connect: float = 45.0
-
-
-class ChildFailed(Exception):
-    def __init__(
-        self, reason: str, normal: bool = False, permanent: bool = False, unreachable: bool = False
-    ):
-        super().__init__(reason)
-        self.reason = reason
-        self.normal = normal
-        self.permanent = permanent  # a configuration error: restarting cannot help
-        self.unreachable = unreachable  # the host was not reached: the child never started
-
-
-class _Child:
-    """One incarnation of one child: its process, its handle, what it last said."""
-
-    def __init__(self, spec: ChildSpec):
-        self.spec = spec
-        self.process: ActorProcess | None = None
-        self.handle: ActorHandle | None = None
-        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
-        # Set when the rank reaches mx.distributed.init (or is ready): its peers may start.
-        self.connecting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.stage = ""
-        self.last_beat = time.monotonic()
-        self.progress = -1
-        self.progress_at = time.monotonic()
-        self.active = 0
-
-    @property
-    def actor_id(self) -> str:
-        return self.spec.config.actor_id
 
 
 class ChildSupervisor:
@@ -135,7 +79,7 @@ class ChildSupervisor:
         self._token = token
         self._flags = flags
         self._timeouts = timeouts
-        self._children: list[_Child] = []
+        self._children: list[Child] = []
         # Children the state has heard of: a rank whose peers failed first never started.
         self._declared: dict[str, None] = {}
         self._stopping = asyncio.Event()
@@ -251,7 +195,7 @@ class ChildSupervisor:
     async def _one_incarnation(self) -> ChildFailed:
         loop = asyncio.get_running_loop()
         self._failure = loop.create_future()
-        self._children = [_Child(spec) for spec in self._specs]
+        self._children = [Child(spec) for spec in self._specs]
         watchers: list[asyncio.Task] = [asyncio.create_task(self._monitor())]
         try:
             # Ring connect order (MLX-NOTES): ranks 0..N-2 accept, the last rank dials, and
@@ -284,7 +228,7 @@ class ChildSupervisor:
             for task in watchers:
                 task.cancel()
 
-    async def _start_child(self, child: _Child, watchers: list[asyncio.Task]) -> None:
+    async def _start_child(self, child: Child, watchers: list[asyncio.Task]) -> None:
         cfg = child.spec.config
         self._state.apply(ActorStarting(cfg.actor_id, cfg.kind, cfg.node, self.group, cfg.rank))
         self._declared.setdefault(cfg.actor_id)
@@ -333,13 +277,13 @@ class ChildSupervisor:
 
     # -------------------------------------------------------------- watchers
 
-    async def _watch_exit(self, child: _Child) -> None:
+    async def _watch_exit(self, child: Child) -> None:
         code = await child.process.wait()
         if not self._stopping.is_set():
             self._state.apply(ActorStopped(child.actor_id, "exited", f"exit code {code}"))
         self._fail(ChildFailed(f"{child.actor_id} exited with code {code}", normal=code == 0))
 
-    async def _watch_connection(self, child: _Child) -> None:
+    async def _watch_connection(self, child: Child) -> None:
         reason = await child.handle.closed
         self._fail(ChildFailed(f"{child.actor_id} control connection lost ({reason})"))
 
@@ -374,7 +318,7 @@ class ChildSupervisor:
                     return
                 child.progress_at = verdict.progress_at
 
-    def _on_message(self, child: _Child, msg) -> None:
+    def _on_message(self, child: Child, msg) -> None:
         if isinstance(msg, Heartbeat):
             now = time.monotonic()
             child.last_beat = now

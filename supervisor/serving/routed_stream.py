@@ -29,8 +29,8 @@ from actors.protocol import (
     TokenDelta,
     Usage,
 )
-from supervisor.placement import Placement, ServedGroup
-from supervisor.service import ServiceError
+from supervisor.serving.contract import ServiceError
+from supervisor.serving.placement import Placement, ServedGroup
 from supervisor.state import ClusterState
 from supervisor.state.events import RequestEnded, RequestMoved, RequestStarted, TokensDelivered
 

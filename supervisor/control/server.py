@@ -23,7 +23,7 @@ import structlog
 
 from actors.protocol import Hello, Message, Refused, Welcome
 from actors.transport import FrameError, read_message, write_message
-from supervisor.handle import STREAM_BUFFER_BYTES, ActorHandle
+from supervisor.control.handle import STREAM_BUFFER_BYTES, ActorHandle
 
 log = structlog.get_logger()
 

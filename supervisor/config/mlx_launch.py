@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import msgspec
 
-from supervisor.hostfile_validation import LOOPBACK, is_local_ssh
-
-if TYPE_CHECKING:
-    from supervisor.hostfile import Backend, GroupSpec, HostSpec
-
-RING_STARTING_PORT = 32323  # mlx.launch --starting-port default
+from supervisor.config.checks import LOOPBACK, is_local_ssh
+from supervisor.config.spec import RING_STARTING_PORT, Backend, GroupSpec, HostSpec
 
 
 class JacclEnv(msgspec.Struct, frozen=True):

@@ -1,6 +1,6 @@
 """Where an SSH host is: the hostfile's ``ssh`` text, parsed and resolved through ssh_config.
 
-Pure functions over plain data; the connection itself lives in ``supervisor.ssh``.
+Pure functions over plain data; the connection itself lives in ``supervisor.ssh.spawner``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import paramiko
 
-from supervisor.spawner import HostUnreachable
+from supervisor.supervision.spawner import HostUnreachable
 
 SSH_PORT = 22
 DEFAULT_SSH_CONFIG = "~/.ssh/config"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from supervisor.hostfile import ClusterSpec
-from supervisor.hostfile_validation import Problem, check_key, is_loopback
+from supervisor.config.checks import Problem, check_key, is_loopback
+from supervisor.config.spec import ClusterSpec
 
 API_KEY_ENV = "MLXS_API_KEY"
 ADMIN_KEY_ENV = "MLXS_ADMIN_KEY"
@@ -122,7 +122,7 @@ def find_admin_key(
         return from_env
     if not is_loopback_url(url):
         return None
-    from supervisor.pidfile import default_pidfile, port_of
+    from supervisor.cli.pidfile import default_pidfile, port_of
 
     return read_secret(admin_key_file(pidfile or default_pidfile(port_of(url))))
 

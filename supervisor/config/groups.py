@@ -12,7 +12,7 @@ from pathlib import Path
 
 from actors.models import ModelUnavailable, is_demo_spec, model_display_name, resolve_model
 from actors.sharding import ModelShape, model_facts, sharding_problem
-from supervisor.hostfile import ClusterSpec, GroupSpec
+from supervisor.config.spec import ClusterSpec, GroupSpec
 
 
 class GroupConfigError(Exception):

@@ -6,7 +6,7 @@ groups, requests in flight finish (up to a timeout), then its actors are
 stopped by PID and the host is forgotten. A joined node that stays unreachable
 past the grace period leaves the same way, on its own. A node from the hostfile
 never does: it stays listed as unreachable and its groups wait for it
-(supervisor/supervision.py), because a Mac that reboots must not shrink the cluster.
+(supervisor/supervision/supervisor.py), because a Mac that reboots must not shrink the cluster.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import time
 
 import structlog
 
-from supervisor.cluster import Cluster
-from supervisor.hostfile import GroupSpec, HostSpec, is_local
-from supervisor.hostfile_validation import (
+from supervisor.cluster.cluster import Cluster
+from supervisor.config.checks import (
     Problem,
     check_group_name,
     check_host,
     is_loopback,
     loopback_control,
 )
-from supervisor.service import BadRequest, Conflict, HostJoin, NotFound
-from supervisor.ssh_target import (
+from supervisor.config.load import is_local
+from supervisor.config.spec import GroupSpec, HostSpec
+from supervisor.serving.contract import BadRequest, Conflict, HostJoin, NotFound
+from supervisor.ssh.target import (
     SSHError,
     SSHTargetError,
     load_ssh_config,

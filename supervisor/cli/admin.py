@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-from supervisor.credentials import CredentialError, find_admin_key
+from supervisor.cli.credentials import CredentialError, find_admin_key
 
 EXIT_REFUSED = 2  # a refused key or request, as a bad flag: the caller must change something
 DEFAULT_URL = "http://127.0.0.1:8080"

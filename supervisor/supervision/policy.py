@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from supervisor.hostfile import RestartSpec, RestartType
+from supervisor.config.spec import RestartSpec, RestartType
 
 # one_for_all: a child's failure restarts every child of the set (a group's ranks share
 # one mx.distributed world); one_for_one: only the child itself (each node's actors).

@@ -11,8 +11,8 @@ from collections.abc import Collection
 from typing import Protocol
 
 from actors.protocol import GenerationRequest
-from supervisor.handle import ActorHandle
-from supervisor.router import Hardware
+from supervisor.control.handle import ActorHandle
+from supervisor.serving.router import Hardware
 
 
 class ServedGroup(Protocol):

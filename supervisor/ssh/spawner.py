@@ -17,11 +17,10 @@ from collections import deque
 import paramiko
 import structlog
 
-from supervisor.hostfile import HostSpec
-from supervisor.logs import relay_actor_line
-from supervisor.spawner import ActorLaunch, actor_environment
-from supervisor.ssh_connection import SSHConnector, close_connections
-from supervisor.ssh_target import (
+from supervisor.config.spec import HostSpec
+from supervisor.logs.setup import relay_actor_line
+from supervisor.ssh.connection import SSHConnector, close_connections
+from supervisor.ssh.target import (
     DEFAULT_KNOWN_HOSTS,
     SSHError,
     SSHTarget,
@@ -33,6 +32,7 @@ from supervisor.ssh_target import (
     remote_command,
     resolve_endpoint,
 )
+from supervisor.supervision.spawner import ActorLaunch, actor_environment
 
 __all__ = [
     "CONNECTION_LOST",

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import structlog
 
-from supervisor import cli_admin, cli_membership
-from supervisor.hostfile import HostfileError, apply_overrides, load_hostfile
-from supervisor.logs import configure_logging
+from supervisor.cli import admin as cli_admin
+from supervisor.cli import hosts as cli_membership
+from supervisor.config.load import HostfileError, apply_overrides, load_hostfile
+from supervisor.logs.setup import configure_logging
 
 EXIT_USAGE = 2
 
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def _stop(args: argparse.Namespace) -> int:
     """A supervisor on this machine gets SIGTERM by its pidfile; one elsewhere (or one with
     no pidfile here, given a key) gets ``POST /api/cluster/stop`` with the admin key."""
-    from supervisor.credentials import ADMIN_KEY_ENV, is_loopback_url
-    from supervisor.pidfile import StopError, default_pidfile, port_of, stop_supervisor
+    from supervisor.cli.credentials import ADMIN_KEY_ENV, is_loopback_url
+    from supervisor.cli.pidfile import StopError, default_pidfile, port_of, stop_supervisor
 
     try:
         path = Path(args.pidfile) if args.pidfile else default_pidfile(port_of(args.url))
@@ -111,14 +112,14 @@ def _start(args: argparse.Namespace) -> int:
     except HostfileError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from supervisor.group_validation import GroupConfigError, validate_groups
+    from supervisor.config.groups import GroupConfigError, validate_groups
 
     try:
         validate_groups(spec)  # a group that cannot split its model: refused before anything
     except GroupConfigError as exc:
         print(f"supervisor: {spec.source}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from supervisor.credentials import CredentialError, credentials_for
+    from supervisor.cli.credentials import CredentialError, credentials_for
 
     try:
         credentials = credentials_for(spec, os.environ)
@@ -134,8 +135,13 @@ def _start(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    from supervisor.credentials import admin_key_file, join_token_file, remove_secret, write_secret
-    from supervisor.pidfile import default_pidfile, remove_pidfile, write_pidfile
+    from supervisor.cli.credentials import (
+        admin_key_file,
+        join_token_file,
+        remove_secret,
+        write_secret,
+    )
+    from supervisor.cli.pidfile import default_pidfile, remove_pidfile, write_pidfile
 
     pidfile = Path(args.pidfile) if args.pidfile else default_pidfile(sock.getsockname()[1])
     write_pidfile(pidfile)
@@ -175,10 +181,10 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -
     from api.edge.error_shape import error_body
     from api.edge.error_shape import json_encoder as encoder
     from api.edge.guards import Keys
-    from supervisor.cluster import Cluster
-    from supervisor.credentials import exposure_warnings, is_loopback, join_address
-    from supervisor.http_server import make_server
-    from supervisor.membership import ClusterMembership
+    from supervisor.cli.credentials import exposure_warnings, is_loopback, join_address
+    from supervisor.cli.http_server import make_server
+    from supervisor.cluster.cluster import Cluster
+    from supervisor.cluster.membership import ClusterMembership
 
     log = structlog.get_logger()
     cluster = Cluster(spec)

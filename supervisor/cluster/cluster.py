@@ -11,21 +11,13 @@ import structlog
 
 from actors.fake_engine import parse_fake_spec, served_model
 from actors.protocol import ActorConfig
-from supervisor.control import ControlServer
-from supervisor.escalation import ClusterDown, GroupDown, NodeDown, Supervised, escalate
-from supervisor.handle import ActorHandle
-from supervisor.hostfile import ClusterSpec, GroupSpec, HostSpec, is_local, port_count
-from supervisor.policy import SupervisorFlags, supervisor_flags
-from supervisor.ranks import (
-    cpu_environment,
-    cpu_slots,
-    free_starting_port,
-    machine_name,
-    rank_environments,
-)
-from supervisor.router import Hardware, combine_hardware
-from supervisor.serving import ClusterService
-from supervisor.spawner import LocalSpawner, Spawner, openblas_path
+from supervisor.config.load import is_local
+from supervisor.config.mlx_launch import port_count
+from supervisor.config.spec import ClusterSpec, GroupSpec, HostSpec
+from supervisor.control.handle import ActorHandle
+from supervisor.control.server import ControlServer
+from supervisor.serving.router import Hardware, combine_hardware
+from supervisor.serving.service import ClusterService
 from supervisor.state import ClusterState
 from supervisor.state.events import (
     DrainStarted,
@@ -37,7 +29,18 @@ from supervisor.state.events import (
     NodeStatus,
     SupervisorRemoved,
 )
-from supervisor.supervision import ChildSpec, ChildSupervisor, Timeouts
+from supervisor.supervision.child import ChildSpec, Timeouts
+from supervisor.supervision.escalation import ClusterDown, GroupDown, NodeDown, Supervised, escalate
+from supervisor.supervision.policy import SupervisorFlags, supervisor_flags
+from supervisor.supervision.ranks import (
+    cpu_environment,
+    cpu_slots,
+    free_starting_port,
+    machine_name,
+    rank_environments,
+)
+from supervisor.supervision.spawner import LocalSpawner, Spawner, openblas_path
+from supervisor.supervision.supervisor import ChildSupervisor
 
 log = structlog.get_logger()
 
@@ -121,7 +124,7 @@ class Cluster:
     def _default_spawner(self, host: HostSpec) -> Spawner:
         if is_local(host):
             return self._local
-        from supervisor.ssh import SSHSpawner  # paramiko: only when a remote host exists
+        from supervisor.ssh.spawner import SSHSpawner  # paramiko: only when a remote host exists
 
         node = node_name(host)
         if node not in self._remote:
@@ -282,7 +285,7 @@ class Cluster:
         return sup
 
     def _escalate(self, kind: Supervised, name: str, reason: str) -> None:
-        """A supervisor gave up: act by the rule in supervisor.escalation."""
+        """A supervisor gave up: act by the rule in supervisor.supervision.escalation."""
         states = {g: view.state for g, view in self.state.groups.items()}
         match escalate(kind, name, reason, states):
             case NodeDown(node, why):
@@ -348,7 +351,7 @@ class Cluster:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.control.close()
         if self._remote:
-            from supervisor.ssh import close_connections
+            from supervisor.ssh.spawner import close_connections
 
             close_connections()  # after the remote actors were ended through them
         log.info("cluster_stopped")

@@ -9,8 +9,8 @@ import socket
 import sys
 import urllib.parse
 
-from supervisor import cli_admin
-from supervisor.cli_admin import DEFAULT_URL, Refused, add_admin_key, admin_key, base, call
+from supervisor.cli import admin as cli_admin
+from supervisor.cli.admin import DEFAULT_URL, Refused, add_admin_key, admin_key, base, call
 
 COMMANDS = ("add-host", "join", "remove-host", "join-token")
 

@@ -26,11 +26,18 @@ from functools import partial
 import msgspec
 
 from actors.protocol import GenerationRequest
-from supervisor.handle import ActorHandle
-from supervisor.hostfile import RouterSpec
-from supervisor.placement import ServedGroup
-from supervisor.routed_stream import RoutedStream
-from supervisor.router import (
+from supervisor.config.spec import RouterSpec
+from supervisor.control.handle import ActorHandle
+from supervisor.serving.contract import (
+    ContextLengthExceeded,
+    ModelInfo,
+    ModelNotFound,
+    QueueFull,
+    Unavailable,
+)
+from supervisor.serving.placement import ServedGroup
+from supervisor.serving.routed_stream import RoutedStream
+from supervisor.serving.router import (
     Ask,
     GroupLoad,
     Hardware,
@@ -38,13 +45,6 @@ from supervisor.router import (
     RouterConfig,
     choose_group,
     session_key,
-)
-from supervisor.service import (
-    ContextLengthExceeded,
-    ModelInfo,
-    ModelNotFound,
-    QueueFull,
-    Unavailable,
 )
 from supervisor.state import ClusterState
 from supervisor.state.events import RequestAdmitted, RequestRefused, RouteDecided, RouterDeclared

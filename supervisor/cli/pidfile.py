@@ -94,6 +94,6 @@ def stop_supervisor(path: Path, timeout: float) -> int:
 
 
 def _is_supervisor(argv: list[str]) -> bool:
-    """``supervisor start ...`` or ``python -m supervisor.cli start ...``."""
+    """``supervisor start ...`` or ``python -m supervisor start ...``."""
     names = [os.path.basename(a) for a in argv]
-    return "start" in names and any(n in ("supervisor", "supervisor.cli") for n in names)
+    return "start" in names and any(n == "supervisor" for n in names)

@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from actors.protocol import CONFIG_ENV, NONCE_ENV, TOKEN_ENV, ActorConfig
-from supervisor.logs import relay_actor_line
+from supervisor.logs.setup import relay_actor_line
 
 log = structlog.get_logger()
 

@@ -1,16 +1,14 @@
-"""Hostfile checks beyond field types (msgspec's own errors: supervisor/hostfile_errors.py)."""
+"""Hostfile checks beyond field types (msgspec's own errors: supervisor/config/errors.py)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import msgspec
 
-if TYPE_CHECKING:
-    from supervisor.hostfile import ControlSpec, HostSpec
+from supervisor.config.spec import ControlSpec, HostSpec
 
 LOCAL_SSH = frozenset({"", "localhost", "127.0.0.1", "::1"})
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -128,7 +126,7 @@ def check_ssh_target(ssh: str, where: str) -> None:
     """A remote host's ``ssh`` must name a host now, not when its first actor is spawned."""
     if is_local_ssh(ssh):
         return
-    from supervisor.ssh_target import SSHTargetError, parse_ssh_target  # paramiko: remote only
+    from supervisor.ssh.target import SSHTargetError, parse_ssh_target  # paramiko: remote only
 
     try:
         parse_ssh_target(ssh)
