@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from actors.runtime import configure_logging, serve
+from actors.runtime.control import configure_logging, serve
 
 KINDS = ("generation", "memory", "fake_engine")
 
 
 def _make_actor(kind: str):
     if kind == "generation":
-        from actors.generation import GenerationActor
+        from actors.generation.actor import GenerationActor
 
         return GenerationActor()
     if kind == "memory":
-        from actors.memory import MemoryActor
+        from actors.memory.reporter import MemoryActor
 
         return MemoryActor()
     if kind == "fake_engine":
-        from actors.fake_engine import FakeEngineActor
+        from actors.fake.engine import FakeEngineActor
 
         return FakeEngineActor()
     raise SystemExit(f"actors: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")

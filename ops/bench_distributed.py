@@ -26,7 +26,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.models import resolve_model  # noqa: E402
+from actors.models.resolve import resolve_model  # noqa: E402
 from supervisor.supervision.spawner import openblas_path  # noqa: E402
 
 EOS_BIAS = -100.0

@@ -187,7 +187,7 @@ class EngineInProcess:
     name = "ours: engine in-process"
 
     def __init__(self, local: InProcess, spec: str):
-        from actors.engine import Engine
+        from actors.generation.engine.engine import Engine
 
         self._local, self._spec = local, spec
         self.blas = local.blas
@@ -203,7 +203,7 @@ class EngineInProcess:
         self._engine.start()
 
     def _emit(self, event) -> None:
-        from actors.protocol import TokenDelta
+        from actors.protocol.messages import TokenDelta
 
         now = time.perf_counter()
         with self._changed:
@@ -221,7 +221,12 @@ class EngineInProcess:
         return self.concurrent([tag], tokens).streams[0]
 
     def concurrent(self, tags: Sequence[str], tokens: int) -> Batch:
-        from actors.protocol import ChatMessage, Finished, GenerationRequest, SamplingParams
+        from actors.protocol.messages import (
+            ChatMessage,
+            Finished,
+            GenerationRequest,
+            SamplingParams,
+        )
 
         sampling = SamplingParams(temperature=0.0, logit_bias=self._local.eos_bias)
         ids = [f"{tag}-{time.monotonic_ns()}" for tag in tags]

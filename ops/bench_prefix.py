@@ -40,7 +40,8 @@ from bench_patterns import (
 from bench_profile import Spy, ThreadCpu, summarize_spy
 from bench_servers import MlxLmServer, OurSupervisor, temporary_dir
 
-from actors.models import ModelUnavailable, resolve_model
+from actors.models.resolve import resolve_model
+from actors.protocol.model_spec import ModelUnavailable
 
 KEYS = ("ours", "server")
 PATTERNS = ("shared", "decoding", "users", "streams")

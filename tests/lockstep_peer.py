@@ -12,10 +12,16 @@ import os
 import sys
 import threading
 
-from actors.distributed import GroupFailure, GroupStopped, Lockstep, SharedPlan, join_group
-from actors.inbox import Prompted
-from actors.protocol import GenerationRequest, SamplingParams
-from actors.rank_env import pin_to_cpu
+from actors.generation.engine.inbox import Prompted
+from actors.generation.engine.lockstep import (
+    GroupFailure,
+    GroupStopped,
+    Lockstep,
+    SharedPlan,
+    join_group,
+)
+from actors.protocol.messages import GenerationRequest, SamplingParams
+from actors.protocol.rank_env import pin_to_cpu
 
 PLANS = [
     SharedPlan(

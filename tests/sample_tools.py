@@ -1,6 +1,6 @@
 """Two tools with bounded schemas, so even the random demo model's calls terminate."""
 
-from actors.protocol import ToolSpec
+from actors.protocol.messages import ToolSpec
 
 WEATHER = ToolSpec(
     name="get_weather",

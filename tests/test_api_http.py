@@ -17,7 +17,7 @@ import openai
 import pytest
 import uvicorn
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationEvent,
     GenerationRequest,

@@ -10,7 +10,12 @@ import httpx
 import openai
 import pytest
 
-from actors.protocol import GenerationEvent, GenerationFailed, GenerationRequest, TokenDelta
+from actors.protocol.messages import (
+    GenerationEvent,
+    GenerationFailed,
+    GenerationRequest,
+    TokenDelta,
+)
 from supervisor.serving.contract import ModelNotFound, QueueFull, Unavailable
 from tests.test_api_http import DEADLINE, USER, ScriptedService, clients, hello, serving
 

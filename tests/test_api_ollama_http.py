@@ -12,7 +12,7 @@ import httpx
 import ollama
 import pytest
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationEvent,
     GenerationFailed,

@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationFailed,
     TokenDelta,

@@ -7,10 +7,7 @@ import json
 import msgspec
 import pytest
 
-from actors.protocol import (
-    SamplingParams,
-    ToolCall,
-)
+from actors.protocol.messages import SamplingParams, ToolCall
 from api.openai.protocol import ChatCompletionRequest, CompletionRequest
 from api.openai.translate import (
     chat_to_generation,

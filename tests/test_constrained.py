@@ -19,9 +19,14 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.tool_parsers import json_tools
 
-from actors.constrained import Constraint, GrammarError, GrammarTokenizer, constraint_for
-from actors.demo_model import ensure_demo_model
-from actors.protocol import GenerationRequest, ResponseFormat, ToolSpec
+from actors.generation.requests.constrained import (
+    Constraint,
+    GrammarError,
+    GrammarTokenizer,
+    constraint_for,
+)
+from actors.models.demo import ensure_demo_model
+from actors.protocol.messages import GenerationRequest, ResponseFormat, ToolSpec
 from tests.sample_tools import ADD, TOOLS, WEATHER
 
 SEEDS = range(5)

@@ -15,8 +15,8 @@ import time
 import pytest
 import structlog
 
-from actors.protocol import ActorConfig, Hello, Ready, Refused, Welcome
-from actors.transport import frame, read_message, write_message
+from actors.protocol.messages import ActorConfig, Hello, Ready, Refused, Welcome
+from actors.protocol.transport import frame, read_message, write_message
 from supervisor.control.handle import ActorHandle
 from supervisor.control.server import ControlServer
 from supervisor.supervision.spawner import ActorLaunch, actor_environment

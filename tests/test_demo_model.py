@@ -14,9 +14,8 @@ from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tool_parsers import json_tools
 from mlx_lm.utils import get_total_parameters, sharded_load
 
-from actors.demo_model import (
+from actors.models.demo import (
     COMPLETE_MARKER,
-    DEMO_SIZES,
     SUPPRESSED_TOKENS,
     build_demo_model,
     count_parameters,
@@ -24,7 +23,13 @@ from actors.demo_model import (
     ensure_demo_model,
     model_config,
 )
-from actors.models import ModelUnavailable, is_demo_spec, model_display_name, resolve_model
+from actors.models.resolve import resolve_model
+from actors.protocol.model_spec import (
+    DEMO_SIZES,
+    ModelUnavailable,
+    is_demo_spec,
+    model_display_name,
+)
 
 TOOLS = [
     {

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from actors.demo_model import ensure_demo_model
+from actors.models.demo import ensure_demo_model
 from tests.clients import chat, client_for
 from tests.conftest import demo_hostfile, wait_for
 

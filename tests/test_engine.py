@@ -11,9 +11,9 @@ import mlx_lm
 import pytest
 from mlx_lm import stream_generate
 
-from actors.demo_model import ensure_demo_model
-from actors.engine import Engine
-from actors.protocol import (
+from actors.generation.engine.engine import Engine
+from actors.models.demo import ensure_demo_model
+from actors.protocol.messages import (
     ChatMessage,
     Finished,
     GenerationFailed,
@@ -455,7 +455,7 @@ def test_progress_counts_prefill_chunks(make_engine):
 
 
 # --------------------------------------------------------------------------- #
-# A request alone runs outside the batch (actors.solo) and joins it when another comes.
+# A request alone runs outside the batch (engine/solo.py) and joins it when another comes.
 
 
 class JoinAt(Engine):

@@ -13,11 +13,12 @@ import jsonschema
 import mlx_lm
 import pytest
 
-from actors.admission import load_grammar
-from actors.demo_model import ensure_demo_model
-from actors.engine import Engine
-from actors.prompt import render_prompt
-from actors.protocol import (
+from actors.generation.engine.engine import Engine
+from actors.generation.requests.admission import load_grammar
+from actors.generation.requests.prompt import render_prompt
+from actors.generation.requests.tool_calls import call_id
+from actors.models.demo import ensure_demo_model
+from actors.protocol.messages import (
     ChatMessage,
     Finished,
     GenerationFailed,
@@ -26,7 +27,6 @@ from actors.protocol import (
     SamplingParams,
     ToolCall,
 )
-from actors.tool_calls import call_id
 from tests.sample_tools import ADD, TOOLS
 from tests.test_engine import Events
 

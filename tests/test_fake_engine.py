@@ -7,20 +7,15 @@ import time
 
 import pytest
 
-from actors.fake_engine import (
-    FakeEngine,
-    FakeOptions,
-    fake_options,
-    parse_fake_spec,
-    served_model,
-)
-from actors.protocol import (
+from actors.fake.engine import FakeEngine, FakeOptions, fake_options
+from actors.protocol.messages import (
     ChatMessage,
     Finished,
     GenerationFailed,
     GenerationRequest,
     TokenDelta,
 )
+from actors.protocol.model_spec import parse_fake_spec, served_model
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.models import resolve_model
-from actors.protocol import ActorConfig
-from actors.sharding import ModelShape, model_facts, sharding_problem
+from actors.models.resolve import resolve_model
+from actors.protocol.messages import ActorConfig
+from actors.protocol.sharding import ModelShape, model_facts, sharding_problem
 from supervisor.config.groups import GroupConfigError, validate_groups
 from supervisor.config.load import parse_hostfile
 from supervisor.control.server import ControlServer

@@ -8,7 +8,7 @@ import socket
 import pytest
 from structlog.testing import capture_logs
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Cancel,
     Finished,
     Generate,
@@ -21,7 +21,7 @@ from actors.protocol import (
     TopLogprob,
     Usage,
 )
-from actors.transport import frame, read_message, write_message
+from actors.protocol.transport import frame, read_message, write_message
 from supervisor.control import handle as handle_module
 from supervisor.control.handle import ActorGone, ActorHandle
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from actors.inbox import Inbox, Prompted, StepPlan
-from actors.protocol import GenerationRequest
+from actors.generation.engine.inbox import Inbox, Prompted, StepPlan
+from actors.protocol.messages import GenerationRequest
 
 
 def prompted(rid: str) -> Prompted:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from actors.runtime import ssh_client_address
+from actors.runtime.control import ssh_client_address
 from supervisor.cluster.cluster import Cluster
 from supervisor.cluster.membership import ClusterMembership, dials_back_to
 from supervisor.config.load import parse_hostfile
@@ -75,7 +75,7 @@ def test_with_remote_nodes_and_no_control_host_remote_actors_dial_their_ssh_clie
     assert cluster.control_host == "0.0.0.0"  # every interface: remote actors must reach it
     local, remote = spec.nodes
     assert cluster._dial_address(local) == "127.0.0.1"
-    assert cluster._dial_address(remote) == ""  # actors.runtime: the SSH client's address
+    assert cluster._dial_address(remote) == ""  # actors.runtime.control: the SSH client's address
     # and a remote host may join such a cluster
     assert dials_back_to(cluster.control_host, HostSpec(ssh="alice@192.0.2.8"), None) is None
 

@@ -75,9 +75,9 @@ def test_a_rank_that_dies_fails_the_group_on_its_peer_instead_of_hanging():
 
 @pytest.mark.parametrize("temperature, seed", [(0.0, None), (0.7, 5)])
 def test_requests_that_already_sample_alike_keep_their_sampling(temperature, seed):
-    from actors.distributed import with_shared_seed
-    from actors.inbox import Prompted
-    from actors.protocol import GenerationRequest, SamplingParams
+    from actors.generation.engine.inbox import Prompted
+    from actors.generation.engine.lockstep import with_shared_seed
+    from actors.protocol.messages import GenerationRequest, SamplingParams
 
     request = GenerationRequest(
         request_id="r", model="m", prompt="x", sampling=SamplingParams(temperature, seed=seed)
@@ -87,9 +87,9 @@ def test_requests_that_already_sample_alike_keep_their_sampling(temperature, see
 
 
 def test_temperature_without_a_seed_gets_one_that_every_rank_shares():
-    from actors.distributed import with_shared_seed
-    from actors.inbox import Prompted
-    from actors.protocol import GenerationRequest, SamplingParams
+    from actors.generation.engine.inbox import Prompted
+    from actors.generation.engine.lockstep import with_shared_seed
+    from actors.protocol.messages import GenerationRequest, SamplingParams
 
     request = GenerationRequest(
         request_id="r", model="m", prompt="x", sampling=SamplingParams(temperature=0.8)

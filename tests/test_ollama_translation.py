@@ -7,7 +7,7 @@ import datetime
 import msgspec
 import pytest
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationFailed,
     ResponseFormat,

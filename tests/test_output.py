@@ -6,8 +6,8 @@ exactly where the token boundaries fall (the engine tests run the real tokenizer
 
 from __future__ import annotations
 
-from actors.output import Output
-from actors.protocol import TokenLogprob
+from actors.generation.requests.output import Output
+from actors.protocol.messages import TokenLogprob
 
 
 class Pieces:

@@ -6,7 +6,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from actors.prompt_cache import HALF_LIFE, Entry, PromptCache, victim, worth
+from actors.generation.cache.prompt_cache import HALF_LIFE, Entry, PromptCache, victim, worth
 from tests.test_engine import demo, make_engine, request  # noqa: F401 - fixtures
 
 # (kind, hits, tokens, age) of two entries, and which one must be evicted first.
@@ -128,7 +128,7 @@ def test_a_follower_rank_holds_what_rank_zero_holds():
 
 
 def test_simultaneous_requests_prefill_a_new_system_prompt_once(demo, make_engine):  # noqa: F811
-    from actors.protocol import ChatMessage
+    from actors.protocol.messages import ChatMessage
 
     system = ChatMessage(role="system", content="You answer about the sea and its ships. " * 40)
     system_tokens = len(

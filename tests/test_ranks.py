@@ -13,7 +13,7 @@ import mlx._distributed_utils.launch as mlx_launch
 import pytest
 from mlx._distributed_utils.common import Host
 
-from actors.rank_env import CPU_ENV, FILE_PREFIX, write_rank_files
+from actors.protocol.rank_env import CPU_ENV, FILE_PREFIX, write_rank_files
 from supervisor.config.load import parse_hostfile
 from supervisor.config.spec import GroupSpec, HostSpec
 from supervisor.supervision.ranks import (
@@ -135,7 +135,7 @@ def test_machine_names_see_through_ssh_config_and_loopback(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
 def test_a_pinned_rank_runs_every_thread_on_its_core():
     code = (
-        "import os, threading; from actors.rank_env import pin_to_cpu; "
+        "import os, threading; from actors.protocol.rank_env import pin_to_cpu; "
         "core = pin_to_cpu(os.environ); t = threading.Thread(target=lambda: None); t.start(); "
         "print(core, sorted(os.sched_getaffinity(0)))"
     )

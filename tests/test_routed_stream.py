@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Collection
 
 import pytest
 
-from actors.protocol import (
+from actors.protocol.messages import (
     ChatMessage,
     Finished,
     GenerationEvent,

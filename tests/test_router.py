@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.protocol import ChatMessage, GenerationRequest
+from actors.protocol.messages import ChatMessage, GenerationRequest
 from supervisor.serving.router import (
     Ask,
     GroupLoad,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from actors.protocol import ChatMessage, GenerationRequest, ToolSpec
+from actors.protocol.messages import ChatMessage, GenerationRequest, ToolSpec
 from supervisor.serving.contract import ContextLengthExceeded, QueueFull, Unavailable
 from supervisor.serving.router import Hardware
 from supervisor.serving.service import (

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import structlog
 
-from actors.protocol import ActorConfig
+from actors.protocol.messages import ActorConfig
 from supervisor.config.spec import HostSpec
 from supervisor.control.server import ControlServer
 from supervisor.ssh.spawner import (

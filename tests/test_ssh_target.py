@@ -9,7 +9,7 @@ import socket
 import paramiko
 import pytest
 
-from actors.boot import present_preloads, read_environment
+from actors.runtime.boot import present_preloads, read_environment
 from supervisor.ssh.target import (
     Endpoint,
     SSHError,
@@ -90,11 +90,11 @@ def test_remote_command_carries_no_secret_and_keeps_home_paths():
     command = remote_command("memory", "~/venv/bin/python", "~/mlx supervisor")
     assert command == (
         "/bin/sh -c 'cd \"$HOME\"/'\"'\"'mlx supervisor'\"'\"' && "
-        '"$HOME"/venv/bin/python -u -m actors.boot memory; exit $?\''
+        '"$HOME"/venv/bin/python -u -m actors.runtime.boot memory; exit $?\''
     )
     assert (
         remote_command("memory", None, None)
-        == "/bin/sh -c 'python3 -u -m actors.boot memory; exit $?'"
+        == "/bin/sh -c 'python3 -u -m actors.runtime.boot memory; exit $?'"
     )
 
 

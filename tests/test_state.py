@@ -7,7 +7,7 @@ from typing import get_args
 
 import pytest
 
-from actors.protocol import Vitals
+from actors.protocol.messages import Vitals
 from supervisor.state import ClusterState
 from supervisor.state.events import (
     ActorHeartbeat,

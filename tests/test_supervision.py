@@ -11,8 +11,8 @@ import time
 import psutil
 import pytest
 
-from actors.protocol import ActorConfig, Hello, Refused
-from actors.transport import read_message, write_message
+from actors.protocol.messages import ActorConfig, Hello, Refused
+from actors.protocol.transport import read_message, write_message
 from supervisor.config.spec import RestartType
 from supervisor.control.server import ControlServer
 from supervisor.state import ClusterState

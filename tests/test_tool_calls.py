@@ -8,7 +8,7 @@ import re
 import pytest
 from mlx_lm.tool_parsers import json_tools, qwen3_coder
 
-from actors.tool_calls import ToolCallReader, call_id
+from actors.generation.requests.tool_calls import ToolCallReader, call_id
 
 TOOLS = [
     {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}},

@@ -6,7 +6,7 @@ calls a stream has sent with ``add_new_tool_calls``; each then words the result 
 
 from __future__ import annotations
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationEvent,
     GenerationFailed,

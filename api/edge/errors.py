@@ -18,7 +18,7 @@ from litestar.exceptions import (
 )
 from litestar.utils.scope.state import ScopeState
 
-from actors.protocol import GenerationFailed
+from actors.protocol.messages import GenerationFailed
 from api.edge.error_shape import error_body
 from api.edge.limits import MAX_SCHEMA_DEPTH, too_deep_field
 from supervisor.serving.contract import ServiceError

@@ -16,7 +16,7 @@ from litestar import Request, Response
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
-from actors.protocol import GenerationEvent, GenerationRequest
+from actors.protocol.messages import GenerationEvent, GenerationRequest
 from api.edge.choices import ChoiceResult
 from api.edge.submission import (
     ClientGone,

@@ -18,12 +18,7 @@ import anyio
 import structlog
 from litestar import Request
 
-from actors.protocol import (
-    Finished,
-    GenerationEvent,
-    GenerationFailed,
-    GenerationRequest,
-)
+from actors.protocol.messages import Finished, GenerationEvent, GenerationFailed, GenerationRequest
 from api.edge.choices import ChoiceResult
 from api.edge.errors import failure_error
 from supervisor.serving.contract import GenerationService, GenerationStream

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from actors.protocol import TokenLogprob, ToolCall
+from actors.protocol.messages import TokenLogprob, ToolCall
 from api.edge.choices import ChoiceResult
 from api.ollama.protocol import (
     ChatResponse,

@@ -16,7 +16,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.types import Guard
 
-from actors.protocol import GenerationEvent
+from actors.protocol.messages import GenerationEvent
 from api.edge.choices import ChoiceResult
 from api.edge.error_shape import ErrorResponse
 from api.edge.errors import handle_exception

@@ -9,7 +9,7 @@ import anyio
 import msgspec
 import structlog
 
-from actors.protocol import Finished, GenerationEvent, TokenDelta, ToolCall
+from actors.protocol.messages import Finished, GenerationEvent, TokenDelta, ToolCall
 from api.edge.choices import add_new_tool_calls
 from api.edge.error_shape import json_encoder
 from api.ollama.protocol import OllamaError, ToolCallOut

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta, Usage
+from actors.protocol.messages import Finished, GenerationEvent, GenerationFailed, TokenDelta, Usage
 from supervisor.serving.contract import GenerationStream
 
 

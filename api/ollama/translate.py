@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.protocol import (
+from actors.protocol.messages import (
     ChatMessage,
     GenerationRequest,
     ResponseFormat,

@@ -5,7 +5,7 @@ Pure functions over plain data; the stream's chunks (``api.openai.stream``) reus
 
 from __future__ import annotations
 
-from actors.protocol import TokenLogprob, ToolCall, Usage
+from actors.protocol.messages import TokenLogprob, ToolCall, Usage
 from api.edge.choices import ChoiceResult
 from api.openai.protocol import (
     AssistantMessage,

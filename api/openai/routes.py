@@ -12,7 +12,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.types import Guard
 
-from actors.protocol import GenerationEvent
+from actors.protocol.messages import GenerationEvent
 from api.edge.choices import ChoiceResult
 from api.edge.error_shape import ERROR_RESPONSES
 from api.edge.errors import handle_exception

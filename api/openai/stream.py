@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Sequence
 import anyio
 import structlog
 
-from actors.protocol import Finished, GenerationEvent, GenerationFailed, TokenDelta, ToolCall, Usage
+from actors.protocol.messages import (
+    Finished,
+    GenerationEvent,
+    GenerationFailed,
+    TokenDelta,
+    ToolCall,
+    Usage,
+)
 from api.edge.choices import add_new_tool_calls
 from api.edge.error_shape import error_body, json_encoder
 from api.openai.protocol import (

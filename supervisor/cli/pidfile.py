@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from actors.demo_model import default_cache_dir
+from actors.protocol.model_spec import default_cache_dir
 
 
 class StopError(Exception):

@@ -9,8 +9,8 @@ from typing import assert_never
 
 import structlog
 
-from actors.fake_engine import parse_fake_spec, served_model
-from actors.protocol import ActorConfig
+from actors.protocol.messages import ActorConfig
+from actors.protocol.model_spec import parse_fake_spec, served_model
 from supervisor.config.load import is_local
 from supervisor.config.mlx_launch import port_count
 from supervisor.config.spec import ClusterSpec, GroupSpec, HostSpec

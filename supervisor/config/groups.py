@@ -1,8 +1,8 @@
 """Before anything starts: can every multi-host group split its model the way it asks?
 
-Only models this machine can see are checked here (demo models, a local directory, a Hub
-checkpoint already in the cache); every rank checks again before loading, so a model only
-the nodes have still fails with the same one-line message, just later.
+Only models this machine can see are checked here (demo models by their size, a local
+directory, a Hub checkpoint already in the cache); every rank checks again before loading,
+so a model only the nodes have still fails with the same one-line message, just later.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.models import ModelUnavailable, is_demo_spec, model_display_name, resolve_model
-from actors.sharding import ModelShape, model_facts, sharding_problem
+from actors.protocol.model_spec import ModelUnavailable, demo_size, is_demo_spec, model_display_name
+from actors.protocol.sharding import ModelShape, demo_facts, model_facts, sharding_problem
 from supervisor.config.spec import ClusterSpec, GroupSpec
 
 
@@ -26,13 +26,16 @@ def validate_groups(
     facts_of: Callable[[Path], ModelShape] = model_facts,
 ) -> None:
     """Raise GroupConfigError for the first multi-host group that cannot split its model."""
-    locate = locate or local_model_dir
     known: dict[str, ModelShape | None] = {}
     for group in spec.groups:
         if group.world_size < 2:
             continue
-        if group.model not in known:
-            path = locate(group.model)
+        if group.model in known:
+            pass
+        elif locate is None and is_demo_spec(group.model):
+            known[group.model] = _demo_facts(group.model)
+        else:
+            path = (locate or local_model_dir)(group.model)
             known[group.model] = None if path is None else _facts(group, path, facts_of)
         facts = known[group.model]
         if facts is None:
@@ -53,13 +56,16 @@ def _facts(group: GroupSpec, path: Path, facts_of: Callable[[Path], ModelShape])
         ) from None
 
 
+def _demo_facts(spec: str) -> ModelShape:
+    try:
+        return demo_facts(demo_size(spec))
+    except ModelUnavailable as error:
+        raise GroupConfigError(str(error)) from None
+
+
 def local_model_dir(spec: str) -> Path | None:
-    """The model's directory if this machine has it (demo models are built), else None."""
-    if is_demo_spec(spec):
-        try:
-            return resolve_model(spec)
-        except ModelUnavailable as error:
-            raise GroupConfigError(str(error)) from None
+    """The model's directory if this machine has it, else None (demo models: see
+    ``demo_facts``, which needs no build)."""
     local = Path(spec).expanduser()
     if (local / "config.json").is_file():
         return local

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from actors.protocol import (
+from actors.protocol.messages import (
     STREAM_EVENTS,
     Cancel,
     Finished,
@@ -20,7 +20,7 @@ from actors.protocol import (
     decode,
     route,
 )
-from actors.transport import FrameError, read_body, write_message
+from actors.protocol.transport import FrameError, read_body, write_message
 
 log = structlog.get_logger()
 

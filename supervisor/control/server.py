@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from actors.protocol import Hello, Message, Refused, Welcome
-from actors.transport import FrameError, read_message, write_message
+from actors.protocol.messages import Hello, Message, Refused, Welcome
+from actors.protocol.transport import FrameError, read_message, write_message
 from supervisor.control.handle import STREAM_BUFFER_BYTES, ActorHandle
 
 log = structlog.get_logger()

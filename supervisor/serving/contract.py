@@ -8,7 +8,7 @@ from typing import Annotated, Protocol
 
 import msgspec
 
-from actors.protocol import GenerationEvent, GenerationRequest
+from actors.protocol.messages import GenerationEvent, GenerationRequest
 
 
 class ServiceError(Exception):

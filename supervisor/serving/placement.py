@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from actors.protocol import GenerationRequest
+from actors.protocol.messages import GenerationRequest
 from supervisor.control.handle import ActorHandle
 from supervisor.serving.router import Hardware
 

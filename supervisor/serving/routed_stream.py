@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import structlog
 
-from actors.protocol import (
+from actors.protocol.messages import (
     Finished,
     GenerationEvent,
     GenerationFailed,

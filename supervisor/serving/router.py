@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 import msgspec
 
-from actors.protocol import GenerationRequest
+from actors.protocol.messages import GenerationRequest
 
 Policy = Literal["least_loaded", "round_robin", "hardware_aware", "sticky"]
 POLICIES: tuple[str, ...] = get_args(Policy)

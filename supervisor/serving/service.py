@@ -25,7 +25,7 @@ from functools import partial
 
 import msgspec
 
-from actors.protocol import GenerationRequest
+from actors.protocol.messages import GenerationRequest
 from supervisor.config.spec import RouterSpec
 from supervisor.control.handle import ActorHandle
 from supervisor.serving.contract import (

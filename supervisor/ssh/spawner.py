@@ -2,7 +2,7 @@
 
 The cluster token and the actor config never appear on a command line (``ps`` shows
 those to every user): the environment travels as one JSON line on the channel's stdin
-and ``actors.boot`` answers with the actor's PID, which signals and kills then use.
+and ``actors.runtime.boot`` answers with the actor's PID, which signals and kills then use.
 Each remote process has two daemon threads relaying its output into the log.
 """
 

@@ -185,7 +185,7 @@ def remote_command(kind: str, python: str | None, workdir: str | None) -> str:
     signal death is then reported as status 128+N, where an ``exec`` would make sshd send
     an exit-signal that paramiko drops, indistinguishable from a lost connection.
     """
-    boot = f"{shell_path(python or 'python3')} -u -m actors.boot {shlex.quote(kind)}"
+    boot = f"{shell_path(python or 'python3')} -u -m actors.runtime.boot {shlex.quote(kind)}"
     script = f"cd {shell_path(workdir)} && {boot}" if workdir else boot
     return f"/bin/sh -c {shlex.quote(script + '; exit $?')}"
 

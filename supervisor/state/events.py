@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.protocol import Vitals
+from actors.protocol.messages import Vitals
 from supervisor.state.views import ActorStateName, GroupStateName, NodeStateName
 
 

@@ -16,7 +16,7 @@ from typing import assert_never
 from msgspec import to_builtins
 from msgspec.structs import replace
 
-from actors.protocol import Vitals
+from actors.protocol.messages import Vitals
 from supervisor.state.events import (
     ActorHeartbeat,
     ActorLoading,

@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-from actors.protocol import Vitals
+from actors.protocol.messages import Vitals
 
 NodeStateName = Literal["connecting", "up", "down", "unreachable"]
 ActorStateName = Literal[

@@ -7,7 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from actors.protocol import ActorConfig, Ready
+from actors.protocol.messages import ActorConfig, Ready
 from supervisor.config.spec import RestartType
 from supervisor.control.handle import ActorHandle
 from supervisor.supervision.spawner import ActorProcess, Spawner

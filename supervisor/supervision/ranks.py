@@ -1,7 +1,7 @@
 """What each rank of a generation group is started with: mlx.launch's variables, ports, cores.
 
 The supervisor spawns every rank itself (so it knows every PID) with the environment
-``mlx.launch`` would have exported (``actors.rank_env`` says how the rank reads it).
+``mlx.launch`` would have exported (``actors.protocol.rank_env`` says how the rank reads it).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 
-from actors.rank_env import CPU_ENV, jaccl_environment, ring_environment
+from actors.protocol.rank_env import CPU_ENV, jaccl_environment, ring_environment
 from supervisor.config.checks import LOOPBACK
 from supervisor.config.load import is_local
 from supervisor.config.mlx_launch import jaccl_env, ring_hostfile
@@ -99,7 +99,7 @@ def cpu_slots(
 
 
 def cpu_environment(slot: int | None) -> dict[str, str]:
-    """The variables that pin a rank (``actors.rank_env.pin_to_cpu`` reads ``MLXS_CPU``).
+    """The variables that pin a rank (``actors.protocol.rank_env.pin_to_cpu`` reads ``MLXS_CPU``).
 
     OpenBLAS sizes its thread pool when it loads, before the rank pins itself: two BLAS
     threads spinning on one core decoded at 0.6x (measured, 2 ranks on 2 cores).

@@ -13,7 +13,7 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from actors.protocol import CONFIG_ENV, NONCE_ENV, TOKEN_ENV, ActorConfig
+from actors.protocol.messages import CONFIG_ENV, NONCE_ENV, TOKEN_ENV, ActorConfig
 from supervisor.logs.setup import relay_actor_line
 
 log = structlog.get_logger()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import structlog
 
-from actors.protocol import ActorError, Heartbeat, LoadProgress, Ready, Shutdown
+from actors.protocol.messages import ActorError, Heartbeat, LoadProgress, Ready, Shutdown
 from supervisor.control.handle import ActorHandle
 from supervisor.control.server import ControlServer
 from supervisor.state import ClusterState
