@@ -1,4 +1,10 @@
-"""The shape of api/: no import cycles, dialects apart, and only the contract from below."""
+"""The shape of the tree: no import cycles anywhere, imports point down only, a file per idea.
+
+- api/ takes only the service contract and the wire messages from the layers below;
+- supervisor/ takes only ``actors.protocol`` (the small module both sides share) from actors/,
+  and only its composition root, ``supervisor.cli``, imports api/;
+- actors/ imports neither supervisor/ nor api/; the two dialects never import each other.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-API = Path(__file__).resolve().parent.parent / "api"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("api", "supervisor", "actors")
 # What api/ may import from the layers under it (the service contract and the wire types).
 ALLOWED_BELOW = {"supervisor.serving.contract", "actors.protocol.messages"}
 MAX_LINES = 400
 
 
 def _module(path: Path) -> str:
-    return ".".join(path.relative_to(API.parent).with_suffix("").parts).removesuffix(".__init__")
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def _imports(path: Path) -> set[str]:
@@ -29,7 +36,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-FILES = {_module(p): p for p in sorted(API.rglob("*.py"))}
+FILES = {_module(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 IMPORTS = {name: _imports(path) for name, path in FILES.items()}
 GRAPH = {name: {m for m in found if m in FILES and m != name} for name, found in IMPORTS.items()}
 
@@ -61,12 +68,31 @@ def test_the_cycle_finder_finds_one():
     assert cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_api_has_no_import_cycle():
-    assert len(GRAPH) > 20 and sum(map(len, GRAPH.values())) > 40  # the scan saw the package
+def test_the_tree_has_no_import_cycle():
+    assert len(GRAPH) > 100 and sum(map(len, GRAPH.values())) > 200  # the scan saw the tree
     assert cycle(GRAPH) is None
 
 
-@pytest.mark.parametrize("name", sorted(FILES))
+def _layer(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if _layer(n) == "supervisor"))
+def test_supervisor_imports_only_the_protocol_of_actors(name):
+    wrong = {
+        m for m in GRAPH[name] if _layer(m) == "actors" and not m.startswith("actors.protocol")
+    }
+    assert not wrong, f"{name} imports actor implementation {sorted(wrong)}"
+    if not name.startswith("supervisor.cli."):  # the composition root builds the app
+        assert not {m for m in GRAPH[name] if _layer(m) == "api"}, f"{name} imports api/"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if _layer(n) == "actors"))
+def test_actors_import_neither_supervisor_nor_api(name):
+    assert not {m for m in GRAPH[name] if _layer(m) in ("supervisor", "api")}, name
+
+
+@pytest.mark.parametrize("name", sorted(n for n in FILES if _layer(n) == "api"))
 def test_api_imports_only_the_contract_from_below(name):
     below = {
         m
@@ -84,5 +110,5 @@ def test_a_dialect_never_imports_the_other(dialect, other):
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_no_api_file_is_over_the_limit(name):
+def test_no_file_is_over_the_limit(name):
     assert len(FILES[name].read_text().splitlines()) <= MAX_LINES, name
