@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from actors.protocol.messages import ActorConfig, Hello, Refused
+from actors.protocol.messages import ActorConfig, Hello, Refused, Shutdown
 from actors.protocol.transport import read_message, write_message
 from supervisor.config.spec import RestartType
 from supervisor.control.server import ControlServer
@@ -180,6 +180,26 @@ async def test_a_transient_set_is_restarted_after_kill_9():
         await until(lambda: tree.state.groups["g"].restarts == 1, 10, "a restart")
         (new_pid,) = await tree.ready()
         assert new_pid != pid
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("restart", "restarted"), [("transient", False), ("permanent", True), ("temporary", False)]
+)
+async def test_a_normal_exit_restarts_only_a_permanent_set(restart, restarted):
+    async with Tree(n=1, restart=restart) as tree:
+        (pid,) = await tree.ready()
+        await tree.sup.handle("g.rank0").tell(Shutdown(reason="done"))  # the actor exits 0
+        if restarted:
+            await until(lambda: tree.state.groups["g"].restarts == 1, 10, "a restart")
+            (new_pid,) = await tree.ready()
+            assert new_pid != pid
+        else:
+            await asyncio.wait_for(tree.task, 10)  # run() returned: nothing will restart it
+            group = tree.state.groups["g"]
+            assert (group.state, group.restarts) == ("stopped", 0)
+            assert group.reason == "g.rank0 exited with code 0"  # not "connection lost"
+        assert tree.gave_up == []
 
 
 async def test_one_for_one_gives_each_child_its_own_supervisor():

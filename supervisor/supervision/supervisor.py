@@ -52,6 +52,9 @@ from supervisor.supervision.watchdog import Limits, Ok, Pulse, check, loop_stall
 
 log = structlog.get_logger()
 
+# Seconds a child whose connection closed is given to exit, so its exit code is known.
+EXIT_CODE_GRACE = 1.0
+
 
 class ChildSupervisor:
     """Supervises one restart set: all its children (one_for_all) or its one child."""
@@ -285,6 +288,14 @@ class ChildSupervisor:
 
     async def _watch_connection(self, child: Child) -> None:
         reason = await child.handle.closed
+        # A process that ends closes its connection first: wait a moment for its exit
+        # code, so the failure says how it ended and a normal exit (code 0) counts as one
+        # for a transient child. Alive past the grace: the connection itself was lost.
+        try:
+            await asyncio.wait_for(asyncio.shield(child.process.wait()), EXIT_CODE_GRACE)
+            return  # _watch_exit reports it, with the code
+        except TimeoutError:
+            pass
         self._fail(ChildFailed(f"{child.actor_id} control connection lost ({reason})"))
 
     async def _monitor(self) -> None:
