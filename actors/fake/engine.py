@@ -50,6 +50,8 @@ class FakeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     vocab_size: Annotated[int, msgspec.Meta(ge=2)] = 1000
     stamp: bool = False  # benchmarks: each token's text ends with "@<emit time_ns>"
     start_delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # seconds of "model load"
+    # The "model's" weights: checked against this node's memory like a real model's (0: none).
+    weight_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 def fake_options(options: dict[str, str]) -> FakeOptions:
@@ -287,10 +289,19 @@ class FakeEngineActor:
 
     def __init__(self) -> None:
         self._engine: FakeEngine | None = None
+        self._model_bytes = 0
 
     def start(self, runtime) -> None:
+        from actors.memory.fit import check_fit, rank_share
+        from actors.runtime.control import PermanentFailure
+
         cfg = runtime.config
         options = fake_options(cfg.options)
+        if options.weight_bytes:  # none: a routing test's engine, dozens to a machine
+            problem = check_fit(cfg, options.weight_bytes, model=cfg.model)
+            if problem:
+                raise PermanentFailure(problem)
+            self._model_bytes = rank_share(options.weight_bytes, cfg.world_size)
         time.sleep(options.start_delay)
         self._engine = FakeEngine(options, emit=runtime.send, max_batch=cfg.max_batch)
         self._engine.start()
@@ -309,7 +320,8 @@ class FakeEngineActor:
             self._engine.cancel(msg.request_id)
 
     def vitals(self) -> dict[str, int | float]:
-        return self._engine.vitals() if self._engine is not None else {}
+        figures = self._engine.vitals() if self._engine is not None else {}
+        return {**figures, "model_bytes": self._model_bytes}
 
     def stop(self) -> None:
         if self._engine is not None:

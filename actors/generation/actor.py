@@ -27,11 +27,14 @@ class GenerationActor:
     def __init__(self) -> None:
         self._engine = None
         self._runtime = None
+        self._mx = None  # mlx.core once imported: its memory figures go in every heartbeat
+        self._model_bytes = 0
 
     def start(self, runtime) -> None:
         core = pin_to_cpu(os.environ)  # before MLX starts its threads: they inherit it
         if core is not None:
             log.info("pinned_to_cpu", core=core)
+        import mlx.core as mx
         import mlx_lm  # heavy: imported here so the actor says Hello first
 
         from actors.generation.engine.engine import Engine
@@ -46,6 +49,8 @@ class GenerationActor:
             runtime.send(LoadProgress(stage=stage, fraction=fraction))
 
         path = resolve_model(cfg.model, progress=progress)
+        self._mx = mx
+        _check_fit(cfg, path)  # before a byte of weights is read
         lockstep = None
         if cfg.world_size > 1:
             from actors.generation.engine.lockstep import Lockstep, load_rank
@@ -55,6 +60,7 @@ class GenerationActor:
         else:
             runtime.send(LoadProgress(stage="load", fraction=0.0, detail=str(path)))
             model, tokenizer = mlx_lm.load(str(path))
+        self._model_bytes = _parameter_bytes(model)  # this rank's share, once
         context_length = _context_length(model)
         self._engine = Engine(
             model,
@@ -112,7 +118,16 @@ class GenerationActor:
         os._exit(EXIT_GROUP_LOST)  # the group cannot be rejoined; the supervisor restarts it
 
     def vitals(self) -> dict[str, int | float]:
-        return self._engine.vitals() if self._engine is not None else {}
+        figures = self._engine.vitals() if self._engine is not None else {}
+        mx = self._mx
+        if mx is not None:
+            # Reads of the allocator's counters: no lock, no graph, no stream, so safe from
+            # the heartbeat thread while the engine computes (a figure may be a moment old).
+            figures["mlx_active_bytes"] = mx.get_active_memory()
+            figures["mlx_cache_bytes"] = mx.get_cache_memory()
+            figures["mlx_peak_bytes"] = mx.get_peak_memory()
+        figures["model_bytes"] = self._model_bytes
+        return figures
 
     def stop(self) -> None:
         if self._engine is not None:
@@ -121,6 +136,23 @@ class GenerationActor:
 
 def _discard(_event) -> None:
     pass
+
+
+def _check_fit(cfg, path) -> None:
+    """Refuse, in one line and for good, a model this node has no memory for."""
+    from actors.memory.fit import check_fit, weight_bytes
+    from actors.protocol.model_spec import model_display_name
+    from actors.runtime.control import PermanentFailure
+
+    problem = check_fit(cfg, weight_bytes(path), model=model_display_name(cfg.model))
+    if problem:
+        raise PermanentFailure(problem)
+
+
+def _parameter_bytes(model) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
 
 
 def _context_length(model) -> int:
