@@ -105,9 +105,9 @@ async def test_a_failover_resumes_and_counts_every_token_once():
     assert (gb.in_flight, gb.queued_tokens, gb.tokens, gb.served) == (0, 0, 2, 1)
     assert state.tokens_total == 5 and state.router.failovers == 1
     assert stream.served_by == "a"
-    assert state.recent_requests[-1]["groups"] == ["a", "b"]
+    assert state.requests(1)[0].groups == ("a", "b")
     await stream.aclose()  # ended once: no second RequestEnded
-    assert state.requests_total == 1 and len(state.recent_requests) == 1
+    assert state.requests_total == 1 and len(state.requests()) == 1
 
 
 async def test_no_group_to_move_to_ends_the_stream_with_the_loss():
@@ -130,7 +130,7 @@ async def test_a_client_that_hangs_up_leaves_nothing_owed():
     await stream.aclose()
     g = state.groups["a"]
     assert (g.in_flight, g.queued_tokens, g.tokens) == (0, 0, 1)
-    assert state.recent_requests[-1]["outcome"] == "cancelled"
+    assert state.requests(1)[0].status == "cancelled"
 
 
 async def test_without_max_tokens_a_default_budget_is_owed():

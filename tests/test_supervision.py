@@ -120,6 +120,15 @@ async def test_kill_9_of_one_child_restarts_all_children_one_for_all():
         assert set(after).isdisjoint(before), "every rank must be a new process"
         assert not psutil.pid_exists(before[0]) or psutil.Process(before[0]).status() == "zombie"
         assert tree.state.actors["g.rank0"].restarts == 1
+        # The errors log: the death names the actor, the sibling's kill and the restart follow.
+        errors = [(e.kind, e.actor, e.group) for e in reversed(tree.state.errors())]
+        assert errors == [
+            ("actor_exited", "g.rank1", "g"),
+            ("actor_killed", "g.rank0", "g"),
+            ("restart", None, "g"),
+        ], errors
+        assert tree.state.errors()[-1].message == "exit code -9"
+        assert tree.state.metrics.restarts == {("memory", "g"): 2}
 
 
 async def test_sigstop_is_detected_by_heartbeat_silence():
@@ -132,8 +141,8 @@ async def test_sigstop_is_detected_by_heartbeat_silence():
         (new_pid,) = await tree.ready()
         assert new_pid != pid
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-        kills = [e for e in tree.state.recent_errors if e["kind"] == "actor_killed"]
-        assert kills and "heartbeat silent" in kills[-1]["message"]
+        lost = [e for e in tree.state.errors() if e.kind == "heartbeat_lost"]
+        assert lost and "heartbeat silent" in lost[0].message and lost[0].actor == "g.rank0"
         assert 1.0 <= detected < 5.0
 
 

@@ -93,6 +93,9 @@ class GenerationRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     session: str | None = None
     resume_tokens: list[int] = []
     ignore_eos: bool = False  # benchmarks and tests: decode exactly max_tokens
+    # Who asked, for the request history: "openai" or "ollama", and the path it came on.
+    dialect: str = ""
+    endpoint: str = ""
 
 
 # --------------------------------------------------------------------------- #
@@ -175,6 +178,8 @@ class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     stream_interval_ms: float = 20.0
     parallel: str = "tensor"
     options: dict[str, str] = {}
+    # Free memory a rank keeps beyond its weights, or it refuses to load (actors.memory.fit).
+    memory_margin_bytes: int = 2_000_000_000
 
 
 class Hello(_Msg, frozen=True):
@@ -216,6 +221,15 @@ class Vitals(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_cache_entries: int = 0
     mem_total: int = 0
     mem_available: int = 0
+    # Memory actors: the node's figures (bytes) and the OS's memory-pressure level.
+    mem_used: int = 0
+    swap_used: int = 0
+    pressure: str = ""  # "normal" | "warn" | "critical"; "" where the OS does not say
+    # Generation ranks: what MLX itself holds, the weights, and (above) the prefix cache.
+    mlx_active_bytes: int = 0
+    mlx_cache_bytes: int = 0
+    mlx_peak_bytes: int = 0
+    model_bytes: int = 0
 
 
 class Heartbeat(_Msg, frozen=True):

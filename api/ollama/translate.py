@@ -54,6 +54,7 @@ def chat_to_generation(
         context_length,
         messages=[_chat_message(m, i) for i, m in enumerate(body.messages)],
         tools=tools or None,
+        endpoint="/api/chat",
     )
 
 
@@ -84,10 +85,14 @@ def generate_to_generation(
                 "system: a raw prompt is not templated; write the system text into the prompt",
                 param="system",
             )
-        return _request(body, request_id, model, context_length, prompt=body.prompt)
+        return _request(
+            body, request_id, model, context_length, prompt=body.prompt, endpoint="/api/generate"
+        )
     messages = [ChatMessage(role="system", content=body.system)] if body.system else []
     messages.append(ChatMessage(role="user", content=body.prompt))
-    return _request(body, request_id, model, context_length, messages=messages)
+    return _request(
+        body, request_id, model, context_length, messages=messages, endpoint="/api/generate"
+    )
 
 
 def _request(
@@ -103,6 +108,7 @@ def _request(
         logprobs=bool(body.logprobs),
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
         response_format=_response_format(body.format),
+        dialect="ollama",
         **what,
     )
 

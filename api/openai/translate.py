@@ -62,6 +62,8 @@ def chat_to_generation(body: ChatCompletionRequest, request_id: str) -> list[Gen
         response_format=_response_format(body.response_format),
         session=body.session_id or body.user,
         ignore_eos=bool(body.ignore_eos),
+        dialect="openai",
+        endpoint="/v1/chat/completions",
     )
     return fan_out(base, body.n or 1)
 
@@ -86,6 +88,8 @@ def completion_to_generation(body: CompletionRequest, request_id: str) -> list[G
         response_format=_response_format(body.response_format),
         session=body.session_id or body.user,
         ignore_eos=bool(body.ignore_eos),
+        dialect="openai",
+        endpoint="/v1/completions",
     )
     return fan_out(base, body.n or 1)
 

@@ -11,6 +11,7 @@ import structlog
 
 from actors.protocol.messages import ActorConfig
 from actors.protocol.model_spec import parse_fake_spec, served_model
+from supervisor.cluster.sampler import Sampler
 from supervisor.config.load import is_local
 from supervisor.config.mlx_launch import port_count
 from supervisor.config.spec import ClusterSpec, GroupSpec, HostSpec
@@ -71,7 +72,8 @@ class Cluster:
         self, spec: ClusterSpec, *, spawner_for: Callable[[HostSpec], Spawner] | None = None
     ):
         self.spec = spec
-        self.state = ClusterState()
+        self.state = ClusterState(history=spec.history, queue_limit=spec.queue_limit)
+        self._sampler = Sampler(self.state)  # the time series' beat, while the cluster runs
         self._token = secrets.token_urlsafe(32)
         r = spec.restart
         self._timeouts = Timeouts(heartbeat=r.heartbeat_timeout, watchdog=r.watchdog_interval)
@@ -142,6 +144,7 @@ class Cluster:
     async def start(self) -> None:
         host, port = await self.control.start()
         self._port = port
+        self._sampler.start()
         log.info("control_listening", host=host, port=port)
         if openblas_path() is None and _is_linux():
             log.warning(
@@ -266,6 +269,7 @@ class Cluster:
                     prompt_cache_entries=self.spec.prompt_cache_entries,
                     prefill_step_tokens=self.spec.prefill_step_tokens,
                     stream_interval_ms=self.spec.stream_interval_ms,
+                    memory_margin_bytes=self.spec.memory_margin_bytes,
                     parallel=group.parallel,
                     options=options,
                 ),
@@ -347,6 +351,7 @@ class Cluster:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop every actor; what has not exited after ``grace`` s is killed by PID."""
+        await self._sampler.stop()
         await asyncio.gather(*(s.stop(grace) for s in self.supervisors), return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.control.close()

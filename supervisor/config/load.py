@@ -113,6 +113,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         prompt_cache_entries=doc.prompt_cache_entries,
         prefill_step_tokens=doc.prefill_step_tokens,
         stream_interval_ms=doc.stream_interval_ms,
+        memory_margin_bytes=doc.memory_margin_bytes,
         restart=_check_restart(doc.restart),
         router=doc.router,
         api_key=checks.check_key(doc.api_key, '"api_key"'),
@@ -124,6 +125,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         log_format=doc.log_format,
         ssh=doc.ssh,
         membership=doc.membership,
+        history=doc.history,
     )
 
 

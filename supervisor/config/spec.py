@@ -103,6 +103,15 @@ class SSHSpec(_Written):
     comment: Comment = None
 
 
+class HistorySpec(_Written):
+    """What the state keeps of past requests and errors (bounded rings, newest kept)."""
+
+    requests: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    errors: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 200
+    keep_prompts: bool = False  # store each request's last user message (bounded) too
+    comment: Comment = None
+
+
 class MembershipSpec(_Written):
     """Hosts joining and leaving at run time."""
 
@@ -138,6 +147,7 @@ class ClusterFile(_Written):
     prompt_cache_entries: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 64
     prefill_step_tokens: Annotated[int, msgspec.Meta(ge=16, le=65536)] = 256
     stream_interval_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 20.0
+    memory_margin_bytes: Annotated[int, msgspec.Meta(ge=0)] = 2_000_000_000
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
@@ -151,6 +161,7 @@ class ClusterFile(_Written):
     starting_port: Port = RING_STARTING_PORT
     ssh: SSHSpec = SSHSpec()
     membership: MembershipSpec = MembershipSpec()
+    history: HistorySpec = HistorySpec()
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -195,6 +206,7 @@ class ClusterSpec(_Spec):
     prompt_cache_entries: int = 64
     prefill_step_tokens: int = 256
     stream_interval_ms: float = 20.0
+    memory_margin_bytes: int = 2_000_000_000  # kept free beyond a rank's weights at load
     restart: RestartSpec = RestartSpec()
     router: RouterSpec = RouterSpec()
     api_key: str | None = None
@@ -206,3 +218,4 @@ class ClusterSpec(_Spec):
     log_format: LogFormat = "json"
     ssh: SSHSpec = SSHSpec()
     membership: MembershipSpec = MembershipSpec()
+    history: HistorySpec = HistorySpec()

@@ -33,6 +33,7 @@ from supervisor.serving.contract import ServiceError
 from supervisor.serving.placement import Placement, ServedGroup
 from supervisor.state import ClusterState
 from supervisor.state.events import RequestEnded, RequestMoved, RequestStarted, TokensDelivered
+from supervisor.state.views import RequestStatus
 
 log = structlog.get_logger()
 
@@ -48,7 +49,7 @@ class RoutedStream:
     """One request on a group's leader, accounted for in ClusterState exactly once.
 
     ``served_by`` is the group chosen at submit; the groups that served it since, in
-    order, are the state's (``ClusterState.requests``).
+    order, are the state's (``ClusterState.running``).
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class RoutedStream:
         self._end("cancelled")
 
     async def _run(self) -> AsyncIterator[GenerationEvent]:
-        outcome, usage, error = "cancelled", None, ""
+        status, finish_reason, usage, error = "cancelled", "", None, ""
         try:
             while True:
                 lost: GenerationFailed | None = None
@@ -90,19 +91,20 @@ class RoutedStream:
                             rid = self._request.request_id
                             self._state.apply(TokensDelivered(rid, len(event.token_ids)))
                         elif isinstance(event, Finished):
-                            outcome, usage = event.finish_reason, event.usage
+                            finish_reason, usage = event.finish_reason, event.usage
+                            status = "cancelled" if finish_reason == "cancelled" else "ok"
                         elif isinstance(event, GenerationFailed):
-                            outcome, error = "error", event.message
+                            status, error = "error", event.message
                         yield event
                 if lost is None:
                     return
                 failure = await self._fail_over(lost)
                 if failure is not None:
-                    outcome, error = "error", failure.message
+                    status, error = "error", failure.message
                     yield failure
                     return
         finally:
-            self._end(outcome, usage, error)
+            self._end(status, finish_reason, usage, error)
 
     def _attempt(self) -> AsyncIterator[GenerationEvent]:
         """The current group's events for the request, resumed from the tokens already sent."""
@@ -119,7 +121,7 @@ class RoutedStream:
         """Move to another group of the model; the failure to report if there is none."""
         old = self._group.name
         self._placement.cool(old)
-        placed = self._state.requests[self._request.request_id].groups
+        placed = self._state.running[self._request.request_id].groups
         if len(placed) >= MAX_PLACEMENTS:
             return self._lost_event(
                 f"{lost.message}; given up after {len(placed)} placements "
@@ -156,16 +158,24 @@ class RoutedStream:
         budget = self._request.max_tokens or DEFAULT_BUDGET
         return max(0, budget - len(self._request.resume_tokens) - len(self._sent))
 
-    def _end(self, outcome: str, usage: Usage | None = None, error: str = "") -> None:
+    def _end(
+        self,
+        status: RequestStatus,
+        finish_reason: str = "",
+        usage: Usage | None = None,
+        error: str = "",
+    ) -> None:
         if self._ended:
             return
         self._ended = True
         self._state.apply(
             RequestEnded(
                 self._request.request_id,
-                outcome,
+                status,
+                finish_reason,
                 completion_tokens=usage.completion_tokens if usage else len(self._sent),
                 prompt_tokens=usage.prompt_tokens if usage else 0,
+                cached_tokens=usage.cached_tokens if usage else 0,
                 error=error,
             )
         )

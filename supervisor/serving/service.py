@@ -133,12 +133,18 @@ class ClusterService:
                 f"of {self._queue_limit}; retry shortly",
                 retry_after=1,
             )
-        self._state.apply(RequestAdmitted(request.request_id, request.model))
+        prompt = last_prompt(request) if self._state.keep_prompts else None
+        self._state.apply(
+            RequestAdmitted(
+                request.request_id, request.model, request.dialect, request.endpoint, prompt
+            )
+        )
         try:
             group = await self.place(request)
         except BaseException as exc:  # also the client hanging up while it waits
             reason = exc.message if isinstance(exc, Unavailable) else type(exc).__name__
-            self._state.apply(RequestRefused(request.request_id, reason))
+            status = "error" if isinstance(exc, Exception) else "cancelled"
+            self._state.apply(RequestRefused(request.request_id, reason, status))
             raise
         return RoutedStream(self, self._state, group, request)
 
@@ -312,6 +318,15 @@ def prompt_bytes(request: GenerationRequest) -> int:
     if request.tools:
         size += len(msgspec.json.encode(request.tools))
     return size
+
+
+def last_prompt(request: GenerationRequest) -> str:
+    """What the history keeps of a prompt (history.keep_prompts): the raw prompt, or the
+    last user message (the state clips it)."""
+    if request.prompt is not None:
+        return request.prompt
+    users = [m.content for m in request.messages or () if m.role == "user" and m.content]
+    return users[-1] if users else ""
 
 
 def _text_bytes(text: str | None) -> int:

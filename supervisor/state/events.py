@@ -10,7 +10,13 @@ from __future__ import annotations
 import msgspec
 
 from actors.protocol.messages import Vitals
-from supervisor.state.views import ActorStateName, GroupStateName, NodeStateName
+from supervisor.state.views import (
+    ActorStateName,
+    GroupStateName,
+    NodeHealthName,
+    NodeStateName,
+    RequestStatus,
+)
 
 
 class _Event(msgspec.Struct, frozen=True, tag=True):
@@ -34,6 +40,14 @@ class NodeStatus(_Event, frozen=True):
 
 class NodeRemoved(_Event, frozen=True):
     node: str
+
+
+class NodeHealth(_Event, frozen=True):
+    """The node's memory health changed (``supervisor.state.nodes.node_health``)."""
+
+    node: str
+    health: NodeHealthName
+    reason: str = ""
 
 
 # -------------------------------------------------------------------------- groups
@@ -85,10 +99,11 @@ class SupervisorStarted(_Event, frozen=True):
 
 
 class SupervisorRestarted(_Event, frozen=True):
-    """The supervisor restarts its set; ``at`` is its monotonic clock."""
+    """The supervisor restarts its set; ``at`` is its monotonic clock; ``reason``: why."""
 
     supervisor: str
     at: float
+    reason: str = ""
 
 
 class SupervisorRemoved(_Event, frozen=True):
@@ -128,9 +143,14 @@ class ActorReady(_Event, frozen=True):
 
 
 class ActorStopped(_Event, frozen=True):
+    """``cause`` (the supervisor's, for the errors log): what failed the set, given on the
+    actor at fault: "exit", "heartbeat", "watchdog", "connection", "spawn", "error",
+    "timeout" (load or connect took too long); "" for the rest of the set."""
+
     actor_id: str
     state: ActorStateName
     reason: str = ""
+    cause: str = ""
 
 
 class ActorRestarted(_Event, frozen=True):
@@ -141,17 +161,26 @@ class ActorRestarted(_Event, frozen=True):
 
 
 class RequestAdmitted(_Event, frozen=True):
-    """Admitted (not draining, a known model, room in the queue); waiting for a group."""
+    """Admitted (not draining, a known model, room in the queue); waiting for a group.
+
+    ``dialect`` ("openai", "ollama") and ``endpoint`` ("/v1/chat/completions"...) are the
+    API's; ``prompt`` is given only when the hostfile's ``history.keep_prompts`` is true.
+    The fold stamps the times (created, admitted) with the state's clocks.
+    """
 
     request_id: str
     model: str
+    dialect: str = ""
+    endpoint: str = ""
+    prompt: str | None = None
 
 
 class RequestRefused(_Event, frozen=True):
-    """An admitted request no group could take (503)."""
+    """An admitted request no group could take (503), or whose client left ("cancelled")."""
 
     request_id: str
     reason: str
+    status: RequestStatus = "error"
 
 
 class RequestStarted(_Event, frozen=True):
@@ -181,10 +210,15 @@ class RequestMoved(_Event, frozen=True):
 
 
 class RequestEnded(_Event, frozen=True):
+    """The request's stream ended: ``status`` ok (``finish_reason`` the model's: stop,
+    length, tool_calls), error (``error`` says why) or cancelled (its client left)."""
+
     request_id: str
-    outcome: str  # finish reason, or "error" or "cancelled"
+    status: RequestStatus
+    finish_reason: str = ""
     completion_tokens: int = 0  # every group's, failovers included
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the prefix cache had (the last group's)
     error: str = ""
 
 
@@ -211,10 +245,15 @@ class DrainStarted(_Event, frozen=True):
     """The server is shutting down: new work is refused, work in flight finishes."""
 
 
+class Tick(_Event, frozen=True):
+    """The sampler's beat (every ``series.STEP`` s): the fold closes a time-series bucket."""
+
+
 Event = (
     NodeDeclared
     | NodeStatus
     | NodeRemoved
+    | NodeHealth
     | GroupDeclared
     | GroupState
     | GroupLeaving
@@ -238,4 +277,5 @@ Event = (
     | RouterDeclared
     | RouteDecided
     | DrainStarted
+    | Tick
 )

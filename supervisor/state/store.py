@@ -2,21 +2,23 @@
 
 ``apply`` folds one event into the views (replacing them: they are frozen), numbers it,
 hands it to subscribers, and wakes whoever waits for a condition on the state. Readers
-(the router, /health, /api/cluster/status, the supervisors themselves) read the views.
+(the router, /health, /api/cluster/status, /metrics, the supervisors themselves) read the
+views, the request history and errors (``history``), the counters and histograms
+(``metrics``) and the time series (``series``); nobody keeps a copy of his own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import assert_never
 
-from msgspec import to_builtins
 from msgspec.structs import replace
 
 from actors.protocol.messages import Vitals
+from supervisor.config.spec import HistorySpec
 from supervisor.state.events import (
     ActorHeartbeat,
     ActorLoading,
@@ -32,6 +34,7 @@ from supervisor.state.events import (
     GroupRemoved,
     GroupState,
     NodeDeclared,
+    NodeHealth,
     NodeRemoved,
     NodeStatus,
     RequestAdmitted,
@@ -44,27 +47,36 @@ from supervisor.state.events import (
     SupervisorRemoved,
     SupervisorRestarted,
     SupervisorStarted,
+    Tick,
     TokensDelivered,
 )
-from supervisor.state.feed import EVENT_LOG_SIZE, SUBSCRIBER_QUEUE, EventLog, Subscription
+from supervisor.state.feed import (
+    COALESCE_INTERVAL,
+    EVENT_LOG_SIZE,
+    SUBSCRIBER_QUEUE,
+    EventLog,
+    Subscription,
+)
 from supervisor.state.health import health
+from supervisor.state.history import ErrorRecord, RequestRecord, Ring, error_kind, newest_requests
+from supervisor.state.metrics import RequestMetrics
+from supervisor.state.nodes import health_change, mem_used
+from supervisor.state.reads import live_figures, snapshot
+from supervisor.state.request_fold import RequestFold
 from supervisor.state.router_stats import RouterStats
+from supervisor.state.series import MEMORY, Series, unit_of
 from supervisor.state.views import (
     ActorView,
+    Admission,
     GroupView,
     LoadView,
     NodeView,
     RequestView,
     SupervisorView,
-    actor_json,
-    group_json,
-    supervisor_json,
 )
 
-RECENT = 100  # requests and errors kept for inspection
 
-
-class ClusterState:
+class ClusterState(RequestFold):
     def __init__(
         self,
         clock=time.monotonic,
@@ -72,19 +84,26 @@ class ClusterState:
         *,
         event_log_size: int = EVENT_LOG_SIZE,
         subscriber_queue: int = SUBSCRIBER_QUEUE,
+        history: HistorySpec | None = None,
+        queue_limit: int = 0,
     ):
+        history = history or HistorySpec()
         self._clock = clock
         self._wall = wall
         self.started_at = wall()
+        self.queue_limit = queue_limit  # the hostfile's: shown as the queue's max
+        self.keep_prompts = history.keep_prompts  # the service gives prompts only then
         self.nodes: dict[str, NodeView] = {}
         self.actors: dict[str, ActorView] = {}
         self.groups: dict[str, GroupView] = {}
         self.supervisors: dict[str, SupervisorView] = {}
-        self.requests: dict[str, RequestView] = {}  # in flight
-        self.admitted: set[str] = set()  # admitted, waiting to be placed
-        self.recent_requests: deque[dict] = deque(maxlen=RECENT)
-        self.recent_errors: deque[dict] = deque(maxlen=RECENT)
-        self.requests_total = 0
+        self.running: dict[str, RequestView] = {}  # placed, in flight
+        self.admitted: dict[str, Admission] = {}  # admitted, waiting to be placed
+        self._request_log: Ring[RequestRecord] = Ring(history.requests)
+        self._error_log: Ring[ErrorRecord] = Ring(history.errors)
+        self.metrics = RequestMetrics()
+        self.series = Series(clock())
+        self.requests_total = 0  # placed on a group
         self.tokens_total = 0
         self.draining = False
         self.router = RouterStats()
@@ -99,13 +118,22 @@ class ClusterState:
         return self._log.last
 
     def apply(self, event: Event) -> int:
-        """Fold ``event`` into the state; its number."""
+        """Fold ``event`` into the state; its number.
+
+        A memory reporter's heartbeat that changes its node's health (``nodes.node_health``)
+        is followed at once by a ``NodeHealth`` event: derived here, where the heartbeat and
+        the health both are, so no emitter keeps a copy to compare against.
+        """
         self._fold(event)
         number = self._log.append(event)
         for subscriber in list(self._subscribers):
             subscriber.push(number, event)
         if self._waiters:
             self._wake_waiters()
+        if type(event) is ActorHeartbeat:  # a memory reporter's beat may change node health
+            change = health_change(self.nodes, self.actors.get(event.actor_id), event.vitals)
+            if change is not None:
+                self.apply(change)
         return number
 
     def _fold(self, event: Event) -> None:
@@ -113,10 +141,17 @@ class ClusterState:
             case NodeDeclared(node, ssh, local):
                 self.nodes.setdefault(node, NodeView(node, ssh, local))
             case NodeStatus(node, state, reason):
+                before = self.nodes[node].state
                 self.nodes[node] = replace(self.nodes[node], state=state, reason=reason)
+                if state in ("down", "unreachable") and before != state:
+                    self._error("node_" + state, reason, node=node)
             case NodeRemoved(node):
                 self.nodes.pop(node, None)
                 self._drop_actors(lambda a: a.node == node)
+                self.series.forget(MEMORY + node)
+            case NodeHealth(node, node_health):
+                if node in self.nodes:
+                    self.nodes[node] = replace(self.nodes[node], health=node_health)
             case GroupDeclared(group, model, nodes, parallel, backend):
                 self.groups[group] = GroupView(group, model, list(nodes), parallel, backend)
             case GroupState():
@@ -130,8 +165,8 @@ class ClusterState:
                 old = self.supervisors.get(name)
                 history = (old.restarts, old.restart_times) if old else (0, ())
                 self.supervisors[name] = SupervisorView(name, group, intensity, period, *history)
-            case SupervisorRestarted(name, at):
-                self._supervisor_restarted(name, at)
+            case SupervisorRestarted(name, at, reason):
+                self._supervisor_restarted(name, at, reason)
             case SupervisorRemoved(name):
                 self.supervisors.pop(name, None)
             case ActorStarting(actor_id, kind, node, group, rank):
@@ -151,16 +186,20 @@ class ClusterState:
                 view = self.actors[actor_id]
                 load = LoadView(view.load.stage, 1.0)
                 self._actor(actor_id, state="running", load=load, info=dict(info))
-            case ActorStopped(actor_id, state, reason):
+            case ActorStopped(actor_id, state, reason, cause):
+                # An actor that exited by itself is killed only to be reaped: one error.
+                reaped = state == "killed" and self.actors[actor_id].state == "exited"
                 self._actor(actor_id, state=state, reason=reason)
-                if state in ("exited", "killed", "failed") and reason:
-                    self._error("actor_" + state, actor_id=actor_id, message=reason)
+                if state in ("exited", "killed", "failed") and reason and not reaped:
+                    self._actor_error(error_kind(state, cause), actor_id, reason)
             case ActorRestarted(actor_id):
-                self._actor(actor_id, restarts=self.actors[actor_id].restarts + 1)
-            case RequestAdmitted(request_id):
-                self.admitted.add(request_id)
-            case RequestRefused(request_id):
-                self.admitted.discard(request_id)
+                actor = self.actors[actor_id]
+                self._actor(actor_id, restarts=actor.restarts + 1)
+                self.metrics.restarted(actor.kind, actor.group)
+            case RequestAdmitted():
+                self._request_admitted(event)
+            case RequestRefused():
+                self._request_refused(event)
             case RequestStarted():
                 self._request_started(event)
             case TokensDelivered(request_id, tokens):
@@ -175,6 +214,8 @@ class ClusterState:
                 self.router.record(reason, seconds, sessions)
             case DrainStarted():
                 self.draining = True
+            case Tick():
+                self.series.tick(self._clock(), self._wall(), self._gauges())
             case _:
                 assert_never(event)
 
@@ -198,9 +239,9 @@ class ClusterState:
             leader=e.leader if e.state == "ready" else None,
         )
         if e.state == "failed":
-            self._error("group_failed", group=e.group, message=e.reason)
+            self._error("group_failed", e.reason, group=e.group)
 
-    def _supervisor_restarted(self, name: str, at: float) -> None:
+    def _supervisor_restarted(self, name: str, at: float, reason: str) -> None:
         view = self.supervisors[name]
         # What the intensity counts, and no more: a set past it gives up.
         recent = [t for t in view.restart_times if at - t <= view.period] + [at]
@@ -208,6 +249,11 @@ class ClusterState:
         self.supervisors[name] = replace(
             view, restarts=view.restarts + 1, restart_times=tuple(recent)
         )
+        message = reason or f"{name} restarts"
+        if view.group is not None:
+            self._error("restart", message, group=view.group)
+        else:  # a node actor's own set: the supervisor is named after its actor
+            self._actor_error("restart", name, message)
 
     # --- actors ----------------------------------------------------------------
 
@@ -217,6 +263,22 @@ class ClusterState:
     def _drop_actors(self, gone: Callable[[ActorView], bool]) -> None:
         for actor_id in [a.actor_id for a in self.actors.values() if gone(a)]:
             del self.actors[actor_id]
+
+    def _actor_error(self, kind: str, actor_id: str, message: str) -> None:
+        actor = self.actors.get(actor_id)
+        node, group = (actor.node, actor.group) if actor is not None else (None, None)
+        self._error(kind, message, node=node, group=group, actor=actor_id)
+
+    def _error(self, kind: str, message: str, **where) -> None:
+        self._error_log.add(ErrorRecord(self._wall(), kind, message, **where))
+
+    def _gauges(self) -> dict[str, float]:
+        """What a tick reads now: the queue, the requests in flight, each node's memory."""
+        out = {"queue_depth": float(self.waiting), "in_flight": float(len(self.running))}
+        for actor in self.actors.values():
+            if actor.kind == "memory" and actor.vitals.mem_total:
+                out[MEMORY + actor.node] = float(mem_used(actor.vitals))
+        return out
 
     def _heartbeat(self, actor_id: str, vitals: Vitals) -> None:
         view = self.actors.get(actor_id)
@@ -228,86 +290,6 @@ class ClusterState:
             peak = max(group.peak_batch_size, vitals.peak_batch_size)
             if peak != group.peak_batch_size:
                 self._group(group.name, peak_batch_size=peak)
-
-    # --- requests ----------------------------------------------------------------
-
-    def _request_started(self, e: RequestStarted) -> None:
-        self.admitted.discard(e.request_id)
-        self.requests_total += 1
-        self.requests[e.request_id] = RequestView(
-            e.request_id, e.model, e.group, (e.group,), owed=e.owed
-        )
-        group = self.groups.get(e.group)
-        if group is not None:
-            self._group(
-                e.group, in_flight=group.in_flight + 1, queued_tokens=group.queued_tokens + e.owed
-            )
-
-    def _delivered(self, request_id: str, tokens: int) -> None:
-        request = self.requests[request_id]
-        paid = min(tokens, request.owed)
-        self.requests[request_id] = replace(
-            request, sent=request.sent + tokens, owed=request.owed - paid
-        )
-        group = self.groups.get(request.group)
-        if group is not None and paid:
-            self._group(request.group, queued_tokens=group.queued_tokens - paid)
-
-    def _request_moved(self, e: RequestMoved) -> None:
-        request = self.requests[e.request_id]
-        self.router.failovers += 1
-        lost = self.groups.get(request.group)
-        if lost is not None:
-            self._group(
-                request.group,
-                in_flight=lost.in_flight - 1,
-                tokens=lost.tokens + request.sent - request.credited,
-                queued_tokens=lost.queued_tokens - request.owed,
-            )
-        to = self.groups.get(e.to_group)
-        if to is not None:
-            self._group(
-                e.to_group, in_flight=to.in_flight + 1, queued_tokens=to.queued_tokens + e.owed
-            )
-        self.requests[e.request_id] = replace(
-            request,
-            group=e.to_group,
-            groups=(*request.groups, e.to_group),
-            owed=e.owed,
-            credited=request.sent,
-        )
-
-    def _request_ended(self, e: RequestEnded) -> None:
-        request = self.requests.pop(e.request_id)
-        group = self.groups.get(request.group)
-        if group is not None:
-            self._group(
-                request.group,
-                in_flight=group.in_flight - 1,
-                served=group.served + 1,
-                tokens=group.tokens + e.completion_tokens - request.credited,
-                errors=group.errors + (e.outcome == "error"),
-                queued_tokens=group.queued_tokens - request.owed,
-            )
-        self.tokens_total += e.completion_tokens
-        self.recent_requests.append(
-            {
-                "request_id": e.request_id,
-                "group": request.group,
-                "groups": list(request.groups),
-                "outcome": e.outcome,
-                "prompt_tokens": e.prompt_tokens,
-                "completion_tokens": e.completion_tokens,
-                "at": self._wall(),
-            }
-        )
-        if e.outcome == "error":
-            self._error(
-                "request_failed", request_id=e.request_id, group=request.group, message=e.error
-            )
-
-    def _error(self, kind: str, **fields) -> None:
-        self.recent_errors.append({"kind": kind, "at": self._wall(), **fields})
 
     # --- waiting and following -------------------------------------------------
 
@@ -336,14 +318,28 @@ class ClusterState:
         finally:
             self._waiters.remove(waiter)
 
-    def subscribe(self, after: int | None = None) -> Subscription:
-        """The events numbered after ``after``, then every new one (see state.feed)."""
+    def subscribe(
+        self,
+        after: int | None = None,
+        *,
+        coalesce: Collection[type] = (),
+        interval: float = COALESCE_INTERVAL,
+    ) -> Subscription:
+        """The events numbered after ``after``, then every new one (see state.feed).
+
+        Events of the types in ``coalesce`` (``feed.VITALS``: heartbeats, tokens, ticks)
+        are not passed one by one: at most every ``interval`` s the subscriber gets one
+        ``Live`` item with the figures they change (``live()``) instead.
+        """
         backlog = None if after is None else self._log.since(after)
         subscription = Subscription(
             backlog,
             lambda: (self.seq, self.snapshot()),
             self._subscribers.discard,
             self._subscriber_queue,
+            coalesce=frozenset(coalesce),
+            live=self.live,
+            interval=interval,
         )
         self._subscribers.add(subscription)
         return subscription
@@ -363,21 +359,34 @@ class ClusterState:
         """200 while at least one group serves; 503 with the reasons otherwise."""
         return health(self.groups, self.draining)
 
+    def requests(
+        self, limit: int = 100, status: str | None = None, model: str | None = None
+    ) -> list[RequestRecord]:
+        """The last finished requests, newest first, of ``status`` / ``model`` if given."""
+        return newest_requests(self._request_log, limit, status, model)
+
+    def errors(self, limit: int = 100) -> list[ErrorRecord]:
+        """The last errors, newest first."""
+        return list(itertools.islice(self._error_log.newest(), max(0, limit)))
+
+    def timeseries(self, metric: str, window: str) -> tuple[str, list[list]]:
+        """``(unit, [[unix_seconds, value], ...])`` oldest first (state.series).
+
+        KeyError for an unknown metric, ValueError for an unknown window (one line each).
+        """
+        unit = unit_of(metric)
+        if metric.startswith(MEMORY) and metric[len(MEMORY) :] not in self.nodes:
+            known = ", ".join(MEMORY + n for n in self.nodes) or "none yet"
+            raise KeyError(f"metric: no node {metric[len(MEMORY) :]!r}; known: {known}")
+        return unit, self.series.points(metric, window)
+
+    def uptime(self) -> float:
+        return round(self._wall() - self.started_at, 3)
+
+    def live(self) -> dict:
+        """The figures coalesced events change: throughput, queue, memory (state.reads)."""
+        return live_figures(self, self._clock())
+
     def snapshot(self) -> dict:
-        now = self._clock()
-        return {
-            "seq": self.seq,
-            "uptime_seconds": round(self._wall() - self.started_at, 3),
-            "draining": self.draining,
-            "queue_depth": self.in_flight,
-            "waiting": self.waiting,
-            "requests_total": self.requests_total,
-            "tokens_total": self.tokens_total,
-            "nodes": [to_builtins(n) for n in self.nodes.values()],
-            "actors": [actor_json(a, now) for a in self.actors.values()],
-            "groups": [
-                group_json(g, self.supervisors.get(g.name), now) for g in self.groups.values()
-            ],
-            "router": self.router.json(),
-            "supervisors": [supervisor_json(s, now) for s in self.supervisors.values()],
-        }
+        """The whole state as /api/cluster/status and the feed's first event show it."""
+        return snapshot(self, self._clock())

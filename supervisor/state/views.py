@@ -17,6 +17,8 @@ ActorStateName = Literal[
     "starting", "loading", "running", "exited", "killed", "failed", "stopped", "waiting"
 ]
 GroupStateName = Literal["starting", "ready", "restarting", "waiting", "failed", "stopped"]
+NodeHealthName = Literal["ok", "warning", "critical"]
+RequestStatus = Literal["ok", "error", "cancelled"]
 
 
 class NodeView(msgspec.Struct, frozen=True):
@@ -25,6 +27,7 @@ class NodeView(msgspec.Struct, frozen=True):
     local: bool
     state: NodeStateName = "connecting"
     reason: str = ""
+    health: NodeHealthName | None = None  # None until its memory reporter's first beat
 
 
 class LoadView(msgspec.Struct, frozen=True):
@@ -86,8 +89,20 @@ class SupervisorView(msgspec.Struct, frozen=True):
         return max(0, self.intensity - self.restarts_within_period(now))
 
 
+class Admission(msgspec.Struct, frozen=True):
+    """How and when a request came: stamped by the fold (``created`` wall clock, the rest
+    monotonic), kept from admission to the request's history record."""
+
+    model: str
+    dialect: str = ""
+    endpoint: str = ""
+    created: float = 0.0
+    admitted_at: float = 0.0
+    prompt: str | None = None  # only with the hostfile's history.keep_prompts
+
+
 class RequestView(msgspec.Struct, frozen=True):
-    """A request in flight: where it runs and what it is owed and was given."""
+    """A request in flight: where it runs, what it is owed and was given, and when."""
 
     request_id: str
     model: str
@@ -96,6 +111,10 @@ class RequestView(msgspec.Struct, frozen=True):
     owed: int = 0  # tokens its current group still owes (the router's queued tokens)
     sent: int = 0  # completion tokens its client got
     credited: int = 0  # of those, tokens credited to groups it left
+    admission: Admission | None = None
+    placed_at: float = 0.0  # monotonic, as the times below
+    first_token_at: float | None = None
+    last_token_at: float | None = None
 
 
 def actor_json(actor: ActorView, now: float) -> dict:

@@ -37,14 +37,40 @@ class Timeouts:
 
 
 class ChildFailed(Exception):
+    """Why a set failed; ``cause`` and ``actor`` (the one at fault, None: the set as a
+    whole) go on the kills' ActorStopped events, for the errors log."""
+
     def __init__(
-        self, reason: str, normal: bool = False, permanent: bool = False, unreachable: bool = False
+        self,
+        reason: str,
+        normal: bool = False,
+        permanent: bool = False,
+        unreachable: bool = False,
+        *,
+        cause: str = "",
+        actor: str | None = None,
     ):
         super().__init__(reason)
         self.reason = reason
         self.normal = normal
         self.permanent = permanent  # a configuration error: restarting cannot help
         self.unreachable = unreachable  # the host was not reached: the child never started
+        self.cause = cause  # exit, heartbeat, watchdog, connection, spawn, error, timeout
+        self.actor = actor
+
+    @classmethod
+    def of(cls, actor: str, cause: str, reason: str, **flags: bool) -> ChildFailed:
+        """A failure of ``actor``'s own: its kill carries ``cause``."""
+        return cls(reason, cause=cause, actor=actor, **flags)
+
+    @classmethod
+    def exited(cls, actor: str, code: int) -> ChildFailed:
+        return cls.of(actor, "exit", f"{actor} exited with code {code}", normal=code == 0)
+
+    @classmethod
+    def lost(cls, actor: str, why: str) -> ChildFailed:
+        """The control connection closed while the process lives on."""
+        return cls.of(actor, "connection", f"{actor} control connection lost ({why})")
 
 
 class Child:

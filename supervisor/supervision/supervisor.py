@@ -134,7 +134,7 @@ class ChildSupervisor:
                 if failure.unreachable:
                     event = "supervisor_host_unreachable"
                 log.warning(event, supervisor=self.name, reason=failure.reason)
-            await self._kill_all(failure.reason)
+            await self._kill_all(failure)
             if self._stopping.is_set():
                 break
             unreachable = unreachable + 1 if failure.unreachable else 0
@@ -164,7 +164,7 @@ class ChildSupervisor:
                 self._set_group_state("stopped", failure.reason)
                 return
             restarted = True
-            self._state.apply(SupervisorRestarted(self.name, now))
+            self._state.apply(SupervisorRestarted(self.name, now, failure.reason))
             for actor_id in self._declared:
                 self._state.apply(ActorRestarted(actor_id))
             self._set_group_state(
@@ -251,7 +251,9 @@ class ChildSupervisor:
             raise ChildFailed(reason, unreachable=True) from exc
         except Exception as exc:
             self._control.forget(cfg.actor_id)
-            raise ChildFailed(f"{cfg.actor_id} could not be spawned on {cfg.node}: {exc}") from exc
+            reason = f"{cfg.actor_id} could not be spawned on {cfg.node}: {exc}"
+            self._state.apply(ActorStopped(cfg.actor_id, "failed", reason, cause="spawn"))
+            raise ChildFailed(reason) from exc
         self._state.apply(ActorSpawned(cfg.actor_id, child.process.pid))
         watchers.append(asyncio.create_task(self._watch_exit(child)))
         handle = await self._await_or_fail(hello, self._timeouts.hello, f"{cfg.actor_id} hello")
@@ -272,7 +274,7 @@ class ChildSupervisor:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if self._failure.done():
             raise self._failure.result()
-        raise ChildFailed(f"{self.name}: {what} timed out after {timeout:.0f} s")
+        raise ChildFailed(f"{self.name}: {what} timed out after {timeout:.0f} s", cause="timeout")
 
     def _fail(self, failure: ChildFailed) -> None:
         if self._failure is not None and not self._failure.done():
@@ -284,7 +286,7 @@ class ChildSupervisor:
         code = await child.process.wait()
         if not self._stopping.is_set():
             self._state.apply(ActorStopped(child.actor_id, "exited", f"exit code {code}"))
-        self._fail(ChildFailed(f"{child.actor_id} exited with code {code}", normal=code == 0))
+        self._fail(ChildFailed.exited(child.actor_id, code))
 
     async def _watch_connection(self, child: Child) -> None:
         reason = await child.handle.closed
@@ -296,7 +298,7 @@ class ChildSupervisor:
             return  # _watch_exit reports it, with the code
         except TimeoutError:
             pass
-        self._fail(ChildFailed(f"{child.actor_id} control connection lost ({reason})"))
+        self._fail(ChildFailed.lost(child.actor_id, reason))
 
     async def _monitor(self) -> None:
         """Heartbeat silence for every child; no progress with work in flight (the watchdog)."""
@@ -325,7 +327,7 @@ class ChildSupervisor:
                 pulse = Pulse(child.last_beat, child.progress_at, child.stage, busy)
                 verdict = check(child.actor_id, pulse, now, limits, self._loaded())
                 if not isinstance(verdict, Ok):
-                    self._fail(ChildFailed(verdict.reason))
+                    self._fail(ChildFailed.of(child.actor_id, verdict.cause, verdict.reason))
                     return
                 child.progress_at = verdict.progress_at
 
@@ -364,14 +366,12 @@ class ChildSupervisor:
             if not child.connecting.done():
                 child.connecting.set_result(None)
         elif isinstance(msg, ActorError):
-            if msg.permanent:
-                self._fail(ChildFailed(msg.message, permanent=True))
-            else:
-                self._fail(ChildFailed(f"{child.actor_id}: {msg.message}"))
+            why = msg.message if msg.permanent else f"{child.actor_id}: {msg.message}"
+            self._fail(ChildFailed.of(child.actor_id, "error", why, permanent=msg.permanent))
 
     # --------------------------------------------------------------- killing
 
-    async def _kill_all(self, reason: str) -> None:
+    async def _kill_all(self, failure: ChildFailed) -> None:
         """Kill every child of the set by PID (one_for_all) and wait for them."""
         for child in self._children:
             self._control.forget(child.actor_id)
@@ -382,7 +382,8 @@ class ChildSupervisor:
                 if self._stopping.is_set():
                     self._state.apply(ActorStopped(child.actor_id, "stopped"))
                 else:
-                    self._state.apply(ActorStopped(child.actor_id, "killed", reason))
+                    cause = failure.cause if failure.actor in (None, child.actor_id) else ""
+                    self._state.apply(ActorStopped(child.actor_id, "killed", failure.reason, cause))
 
     def _set_group_state(
         self,

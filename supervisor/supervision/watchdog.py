@@ -8,6 +8,8 @@ progress for ``restart.watchdog_interval`` seconds. Either fails its set.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 
 # The monitor's own loop late by more than this was starved (a busy host), not the actors.
@@ -40,12 +42,14 @@ class Ok(msgspec.Struct, frozen=True, tag=True):
 class Silent(msgspec.Struct, frozen=True, tag=True):
     """No heartbeat for longer than allowed."""
 
+    cause: ClassVar[str] = "heartbeat"
     reason: str
 
 
 class Stalled(msgspec.Struct, frozen=True, tag=True):
     """Work in flight and no progress for longer than the watchdog interval."""
 
+    cause: ClassVar[str] = "watchdog"
     reason: str
 
 

@@ -1,0 +1,96 @@
+"""The state as readers see it whole: ``snapshot`` (/api/cluster/status, the feed's first
+event) and ``live_figures`` (the feed's coalesced ``Live`` items). Pure reads of a
+``ClusterState`` (passed in: this module may not import the store, which imports it).
+
+Stable names (the roadmap's v2 fields): ``uptime_seconds``, ``requests_total``,
+``tokens_total``, ``tokens_per_second_avg_60s``, ``tokens_per_second_peak_60s``,
+``latency_avg_ms``, ``queue_size``, ``queue_max``, ``history`` (the last
+``HISTORY_TAIL`` requests, newest first), ``memory`` (per node and per rank), ``links``,
+``nodes``, ``groups``, ``actors``.
+"""
+
+from __future__ import annotations
+
+from msgspec import to_builtins
+
+from supervisor.state.nodes import memory_reporter, node_json, rank_memory
+from supervisor.state.views import actor_json, group_json, supervisor_json
+
+HISTORY_TAIL = 20  # requests the snapshot carries
+
+
+def snapshot(state, now: float) -> dict:
+    """Everything ``state`` (a ClusterState) knows, as JSON-ready builtins."""
+    avg, peak = state.series.tokens_per_second()
+    nodes = [node_json(n, memory_reporter(state.actors, n.name)) for n in state.nodes.values()]
+    actors = [_actor(a, now) for a in state.actors.values()]
+    return {
+        "seq": state.seq,
+        "uptime_seconds": state.uptime(),
+        "draining": state.draining,
+        "queue_depth": state.in_flight,  # kept for older readers: requests in flight
+        "waiting": state.waiting,
+        "queue_size": state.in_flight + state.waiting,  # what counts against queue_max
+        "queue_max": state.queue_limit,
+        "requests_total": state.requests_total,
+        "tokens_total": state.tokens_total,
+        "tokens_per_second_avg_60s": avg,
+        "tokens_per_second_peak_60s": peak,
+        "latency_avg_ms": state.metrics.latency_avg_ms(),
+        "history": [to_builtins(r) for r in state.requests(HISTORY_TAIL)],
+        "memory": _memory(nodes, actors),
+        "links": [],  # the link probe's figures (bandwidth, latency) join here
+        "nodes": nodes,
+        "actors": actors,
+        "groups": [
+            group_json(g, state.supervisors.get(g.name), now) for g in state.groups.values()
+        ],
+        "router": state.router.json(),
+        "supervisors": [supervisor_json(s, now) for s in state.supervisors.values()],
+    }
+
+
+def live_figures(state, now: float) -> dict:
+    """What heartbeats, delivered tokens and ticks change, in a few hundred bytes."""
+    avg, peak = state.series.tokens_per_second()
+    nodes = [node_json(n, memory_reporter(state.actors, n.name)) for n in state.nodes.values()]
+    actors = [_actor(a, now) for a in state.actors.values()]
+    return {
+        "seq": state.seq,
+        "uptime_seconds": state.uptime(),
+        "in_flight": state.in_flight,
+        "waiting": state.waiting,
+        "tokens_total": state.tokens_total,
+        "tokens_generated": state.metrics.tokens_generated,
+        "tokens_per_second_avg_60s": avg,
+        "tokens_per_second_peak_60s": peak,
+        "groups": {
+            g.name: {"in_flight": g.in_flight, "queued_tokens": g.queued_tokens}
+            for g in state.groups.values()
+        },
+        "memory": _memory(nodes, actors),
+    }
+
+
+def _actor(actor, now: float) -> dict:
+    out = actor_json(actor, now)
+    if actor.kind != "memory":  # a generation rank: what MLX holds, the weights, the cache
+        out.update(rank_memory(actor))
+    return out
+
+
+_NODE_MEMORY = ("mem_total", "mem_used", "mem_available", "swap_used", "pressure", "health")
+_RANK_MEMORY = ("mlx_active_bytes", "mlx_cache_bytes", "mlx_peak_bytes", "model_bytes",
+                "prompt_cache_bytes")  # fmt: skip
+
+
+def _memory(nodes: list[dict], actors: list[dict]) -> dict:
+    return {
+        "nodes": {n["name"]: {k: n[k] for k in _NODE_MEMORY} for n in nodes},
+        "ranks": {
+            a["id"]: {"node": a["node"], "group": a["group"], "rank": a["rank"]}
+            | {k: a[k] for k in _RANK_MEMORY}
+            for a in actors
+            if a["kind"] != "memory"
+        },
+    }
