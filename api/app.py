@@ -17,9 +17,12 @@ from api.edge.error_shape import ERROR_RESPONSES
 from api.edge.errors import handle_exception
 from api.edge.guards import HostCheck, Keys, inference_guards, is_admin
 from api.edge.redaction import redact, ssh_users
+from api.observe.history import history_routes
+from api.observe.logs import logs_routes
+from api.observe.metrics import metrics_routes
 from api.ollama.routes import ollama_root, ollama_root_head, ollama_router
 from api.openai.routes import openai_router
-from supervisor.serving.contract import GenerationService
+from supervisor.serving.contract import GenerationService, Observer
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
 HealthSource = Callable[[], Any]  # returns (status code, dict) (or an awaitable of it)
@@ -45,6 +48,7 @@ def create_app(
     route_handlers: Sequence[ControllerRouterHandler] = (),
     admin_route_handlers: Sequence[ControllerRouterHandler] = (),
     max_body_bytes: int = 8 * 1024 * 1024,
+    observer: Observer | None = None,
 ) -> Litestar:
     """Build the HTTP app over ``service``.
 
@@ -60,6 +64,8 @@ def create_app(
     ``allowed_hosts`` not None: a ``Host`` header naming neither loopback nor one of these
     gets 403 (set it when the API listens on loopback). ``cors_origins``: the browser
     origins allowed; none, CORS stays off. ``warnings`` are shown in the status.
+    ``observer``: metrics (``/metrics``), history, time series, the live feed and logs
+    (``/api/cluster/...``), behind the inference key like the status.
     """
     keys = keys or Keys(admin=secrets.token_urlsafe(32), api=api_key)  # nobody is admin
     guards = inference_guards(keys)
@@ -85,7 +91,10 @@ def create_app(
         body = {**await _call(status), "warnings": list(warnings)}
         return body if is_admin(request, keys) else redact(body, {me, *ssh_users(body)})
 
-    api = Router("/api", route_handlers=[cluster_status], guards=guards)
+    observed = [*history_routes(observer), *logs_routes(observer)] if observer else []
+    api = Router("/api", route_handlers=[cluster_status, *observed], guards=guards)
+    scrape = metrics_routes(observer) if observer else []
+    scraped = [Router("/", route_handlers=scrape, guards=guards)] if scrape else []
     admin = Router("/api", route_handlers=list(admin_route_handlers))
     cors = None
     if cors_origins:
@@ -103,6 +112,7 @@ def create_app(
             health_check,
             ollama_root,
             ollama_root_head,
+            *scraped,
             *route_handlers,
         ],
         exception_handlers={Exception: handle_exception},

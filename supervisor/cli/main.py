@@ -185,6 +185,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -
     from supervisor.cli.http_server import make_server
     from supervisor.cluster.cluster import Cluster
     from supervisor.cluster.membership import ClusterMembership
+    from supervisor.observe.observer import ClusterObserver
 
     log = structlog.get_logger()
     cluster = Cluster(spec)
@@ -212,6 +213,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -
             )
         ],
         max_body_bytes=spec.api.max_body_bytes,
+        observer=ClusterObserver(cluster.state),
     )
     server = make_server(app, spec.api, lambda code, text: encoder.encode(error_body(code, text)))
     loop = asyncio.get_running_loop()

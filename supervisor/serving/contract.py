@@ -119,3 +119,54 @@ class Membership(Protocol):
     async def remove_host(self, node: str, drain_timeout: float) -> dict:
         """Drain the node's groups (no new work, in-flight finishes), stop and forget them."""
         ...
+
+
+class LogFilter(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Which log lines to read: all that match every field given."""
+
+    actor: str | None = None
+    node: str | None = None
+    request_id: str | None = None
+    level: str | None = None  # this level and above: debug < info < warning < error
+
+
+class FeedItem(msgspec.Struct, frozen=True):
+    """One item of the live feed: ``id`` is the event number (SSE ``id:``), ``event`` its
+    kind (``snapshot``, ``live`` or the event's type), ``data`` its JSON-ready body."""
+
+    id: int
+    event: str
+    data: dict
+
+
+class Observer(Protocol):
+    """What the observability routes read. Every figure comes from the cluster state
+    (or, for logs, the supervisor's bounded ring of log lines); nothing is kept twice."""
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type, built at scrape time."""
+        ...
+
+    def requests(self, limit: int, status: str | None, model: str | None) -> list[dict]:
+        """Request history, newest first."""
+        ...
+
+    def errors(self, limit: int) -> list[dict]:
+        """Error log, newest first."""
+        ...
+
+    def timeseries(self, metric: str, window: str) -> dict:
+        """``{metric, unit, points: [[unix_seconds, value], ...]}``; BadRequest if unknown."""
+        ...
+
+    def events(self, after: int | None) -> AsyncIterator[FeedItem]:
+        """A snapshot first (unless ``after`` can be resumed), then one item per change."""
+        ...
+
+    def logs(self, limit: int, where: LogFilter) -> list[dict]:
+        """The newest ``limit`` log lines that match, oldest first."""
+        ...
+
+    def follow_logs(self, where: LogFilter) -> AsyncIterator[dict]:
+        """Log lines that match, as they are written."""
+        ...
