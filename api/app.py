@@ -13,6 +13,7 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import ControllerRouterHandler, LifespanHook
 
+from api.dashboard.routes import dashboard_routes
 from api.edge.error_shape import ERROR_RESPONSES
 from api.edge.errors import handle_exception
 from api.edge.guards import HostCheck, Keys, inference_guards, is_admin
@@ -91,7 +92,17 @@ def create_app(
         body = {**await _call(status), "warnings": list(warnings)}
         return body if is_admin(request, keys) else redact(body, {me, *ssh_users(body)})
 
-    observed = [*history_routes(observer), *logs_routes(observer)] if observer else []
+    async def shown_to(request: Request) -> Callable[[Any], Any]:
+        """What ``request``'s caller may see of a body: all with the admin key, else as the
+        status shows it (user names and paths hidden)."""
+        if is_admin(request, keys):
+            return lambda body: body
+        users = {me, *ssh_users(await _call(status))}
+        return lambda body: redact(body, users)
+
+    observed = (
+        [*history_routes(observer, keys), *logs_routes(observer, shown_to)] if observer else []
+    )
     api = Router("/api", route_handlers=[cluster_status, *observed], guards=guards)
     scrape = metrics_routes(observer) if observer else []
     scraped = [Router("/", route_handlers=scrape, guards=guards)] if scrape else []
@@ -112,6 +123,7 @@ def create_app(
             health_check,
             ollama_root,
             ollama_root_head,
+            *dashboard_routes(),  # open: the page asks for the key itself
             *scraped,
             *route_handlers,
         ],

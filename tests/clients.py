@@ -35,3 +35,19 @@ def post_chat(
     if isinstance(to, httpx.Client):
         return to.post("/v1/chat/completions", json=body, headers=headers)
     return httpx.post(to.url + "/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+
+
+async def sse_events(response: httpx.Response):
+    """The Server-Sent Events of a streamed httpx response, each a dict of its fields
+    (``id``, ``event``, ``data``, ``retry``; ``comment`` for a ``: ...`` line), in order."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if fields:
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        key = name or "comment"
+        fields[key] = fields[key] + "\n" + value if key == "data" and key in fields else value

@@ -42,8 +42,12 @@ def document(sup) -> dict:
 
 
 @pytest.fixture(scope="module")
-def api_schema(sup):
-    loaded = schemathesis.openapi.from_url(sup.url + "/schema/openapi.json")
+def api_schema(sup, document):
+    # The live feed never ends (a whole-body read would wait for the 60 s timeout):
+    # tests/test_history_routes.py and test_e2e_observe.py read it as a stream. Left out of
+    # the document itself: ``exclude()`` is not honoured by ``from_fixture`` parametrizing.
+    paths = {p: v for p, v in document["paths"].items() if p != "/api/cluster/events"}
+    loaded = schemathesis.openapi.from_dict({**document, "paths": paths})
     loaded.config.update(base_url=sup.url)
     # The admin routes (hosts, stop, join-token) are included: this run has no admin key,
     # so every case must be refused (a documented 401) and none may change the cluster.
@@ -98,6 +102,8 @@ def check_ndjson_lines(document: dict, case, response) -> None:
 def test_every_operation_is_documented_truthfully(case, document):
     CASES.append((case.operation.label, case._meta.phase.name if case._meta else "?"))
     bound_generation(case.operation.path, case.body)
+    if case.operation.path == "/api/cluster/logs" and isinstance(case.query, dict):
+        case.query.pop("follow", None)  # a follow never ends; tests/test_e2e_logs.py reads one
     response = case.call_and_validate(
         timeout=60,
         checks=[

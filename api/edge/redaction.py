@@ -44,8 +44,8 @@ def _walk(value: Any, word: re.Pattern | None) -> Any:
     if isinstance(value, str):
         text = _PATH.sub(PATH, _USER_AT.sub(USER + "@", value))
         return word.sub(USER, text) if word else text
-    if isinstance(value, dict):
-        return {k: _walk(v, word) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: some maps are keyed by node name (memory.nodes)
+        return {_walk(k, word): _walk(v, word) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_walk(v, word) for v in value]
     return value

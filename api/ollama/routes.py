@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from litestar import MediaType, Request, Response, Router, get, head, post
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
+from litestar.response import Redirect
 from litestar.types import Guard
 
 from actors.protocol.messages import GenerationEvent
@@ -149,8 +150,12 @@ def ollama_router(service: GenerationService, guards: Sequence[Guard] = ()) -> R
 
 
 @get("/", summary="Ollama's liveness probe", media_type=MediaType.TEXT, tags=["ollama"])
-async def ollama_root() -> str:
-    return "Ollama is running"
+async def ollama_root(request: Request) -> Response[str]:
+    # A browser (Accept prefers text/html) is sent to the dashboard; every other client,
+    # Ollama's probes included ("*/*" or nothing), gets the plain text they look for.
+    if request.accept.best_match([MediaType.TEXT, MediaType.HTML]) == MediaType.HTML:
+        return Redirect("/dashboard")
+    return Response("Ollama is running", media_type=MediaType.TEXT)
 
 
 @head("/", summary="Ollama's liveness probe", media_type=MediaType.TEXT, tags=["ollama"])

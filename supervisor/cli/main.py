@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import structlog
 
 from supervisor.cli import admin as cli_admin
 from supervisor.cli import hosts as cli_membership
+from supervisor.cli import logs_cmd as cli_logs
+from supervisor.cli import observe_cmd as cli_observe
 from supervisor.config.load import HostfileError, apply_overrides, load_hostfile
 from supervisor.logs.setup import configure_logging
 
@@ -64,12 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--pidfile", help="the pidfile `start` wrote (default: from --url's port)")
     stop.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for it to exit")
     cli_admin.add_admin_key(stop)
-    for name, text in (("status", "cluster status"), ("nodes", "nodes and their actors")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--url", default="http://127.0.0.1:8080", help="the supervisor's API URL")
-        p.add_argument("--json", action="store_true", help="print JSON for scripts")
-        p.add_argument("--api-key", default=None)
-        cli_admin.add_admin_key(p)  # with it, status shows user names and paths
+    cli_observe.add_parsers(sub)  # status, nodes, monitor
+    cli_logs.add_parser(sub)
     cli_membership.add_parsers(sub)
     return parser
 
@@ -82,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return cli_membership.run(args)
     if args.command == "stop":
         return _stop(args)
-    return _show(args)
+    if args.command in cli_observe.COMMANDS:
+        return cli_observe.run(args)
+    if args.command == cli_logs.COMMAND:
+        return cli_logs.run(args)
+    raise AssertionError(f"no handler for command {args.command!r}")  # argparse allows none
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -126,7 +125,10 @@ def _start(args: argparse.Namespace) -> int:
     except CredentialError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.log_format or spec.log_format)
+    from supervisor.logs.ring import LogRing
+
+    ring = LogRing(spec.logs.lines, spec.logs.follow_buffer, spec.logs.followers)
+    configure_logging(args.log_format or spec.log_format, ring=ring)
     try:
         sock = _bind(spec.api.host, spec.api.port)
     except OSError as exc:
@@ -158,7 +160,7 @@ def _start(args: argparse.Namespace) -> int:
             join_token_file=str(key_files[1][0]),
             admin_key="generated" if credentials.admin_key_generated else "configured",
         )
-        return asyncio.run(_serve(spec, sock, args.drain_timeout, credentials))
+        return asyncio.run(_serve(spec, sock, args.drain_timeout, credentials, ring))
     finally:
         for path, value in key_files:
             remove_secret(path, value)
@@ -175,7 +177,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -> int:
+async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, ring) -> int:
     from api.app import create_app
     from api.cluster_routes import cluster_router
     from api.edge.error_shape import error_body
@@ -213,7 +215,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials) -
             )
         ],
         max_body_bytes=spec.api.max_body_bytes,
-        observer=ClusterObserver(cluster.state),
+        observer=ClusterObserver(cluster.state, log_ring=ring),
     )
     server = make_server(app, spec.api, lambda code, text: encoder.encode(error_body(code, text)))
     loop = asyncio.get_running_loop()
@@ -265,53 +267,6 @@ def _outcome(task: asyncio.Task) -> str:
         return "cancelled"
     error = task.exception()
     return "returned" if error is None else f"{type(error).__name__}: {error}"
-
-
-def _show(args: argparse.Namespace) -> int:
-    request = urllib.request.Request(args.url.rstrip("/") + "/api/cluster/status")
-    try:
-        key = cli_admin.admin_key(args, args.url) or args.api_key
-    except cli_admin.Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            status = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"supervisor: no supervisor answering at {args.url} ({reason})", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(status if args.command == "status" else status["nodes"], indent=2))
-        return 0
-    print(render_status(status, nodes_only=args.command == "nodes"))
-    return 0
-
-
-def render_status(status: dict, nodes_only: bool = False) -> str:
-    lines = []
-    for node in status["nodes"]:
-        lines.append(f"node {node['name']:<20} {node['state']:<10} {node['reason']}")
-        for actor in status["actors"]:
-            if actor["node"] == node["name"]:
-                age = actor["last_heartbeat_age"]
-                age_text = "-" if age is None else f"{age:.1f}s"
-                lines.append(
-                    f"  {actor['id']:<28} {actor['kind']:<10} pid {actor['pid'] or '-':<8}"
-                    f" {actor['state']:<10} restarts {actor['restarts']:<3} "
-                    f"heartbeat {age_text}"
-                )
-    if not nodes_only:
-        for g in status["groups"]:
-            lines.append(
-                f"group {g['name']:<19} {g['state']:<10} model {g['model']} "
-                f"in_flight {g['in_flight']} served {g['served']} restarts "
-                f"{g['restarts']} {g['reason']}"
-            )
-        lines.append(f"queue depth {status['queue_depth']}, requests {status['requests_total']}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

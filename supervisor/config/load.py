@@ -126,6 +126,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         ssh=doc.ssh,
         membership=doc.membership,
         history=doc.history,
+        logs=doc.logs,
     )
 
 

@@ -112,6 +112,15 @@ class HistorySpec(_Written):
     comment: Comment = None
 
 
+class LogsSpec(_Written):
+    """The supervisor's recent log lines kept in memory (``supervisor logs``)."""
+
+    lines: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 5000
+    follow_buffer: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 1000  # per follower
+    followers: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    comment: Comment = None
+
+
 class MembershipSpec(_Written):
     """Hosts joining and leaving at run time."""
 
@@ -162,6 +171,7 @@ class ClusterFile(_Written):
     ssh: SSHSpec = SSHSpec()
     membership: MembershipSpec = MembershipSpec()
     history: HistorySpec = HistorySpec()
+    logs: LogsSpec = LogsSpec()
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -219,3 +229,4 @@ class ClusterSpec(_Spec):
     ssh: SSHSpec = SSHSpec()
     membership: MembershipSpec = MembershipSpec()
     history: HistorySpec = HistorySpec()
+    logs: LogsSpec = LogsSpec()

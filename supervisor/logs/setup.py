@@ -8,8 +8,11 @@ import sys
 
 import structlog
 
+from supervisor.logs.ring import LogRing
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
+
+def configure_logging(fmt: str = "json", level: str = "info", ring: LogRing | None = None) -> None:
+    """``ring``: also keep each line (as the dict about to be rendered) in this ring."""
     renderer = (
         structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
         if fmt == "console"
@@ -21,6 +24,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *([ring.processor] if ring is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

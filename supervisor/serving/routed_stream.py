@@ -168,6 +168,17 @@ class RoutedStream:
         if self._ended:
             return
         self._ended = True
+        # One line per request, with its id: `supervisor logs --request <id>` finds it.
+        (log.warning if status == "error" else log.info)(
+            "request_ended",
+            request_id=self._request.request_id,
+            model=self._request.model,
+            group=self._group.name,
+            status=status,
+            finish_reason=finish_reason or None,
+            completion_tokens=usage.completion_tokens if usage else len(self._sent),
+            **({"error": error} if error else {}),
+        )
         self._state.apply(
             RequestEnded(
                 self._request.request_id,

@@ -64,9 +64,19 @@ def live_figures(state, now: float) -> dict:
         "tokens_generated": state.metrics.tokens_generated,
         "tokens_per_second_avg_60s": avg,
         "tokens_per_second_peak_60s": peak,
+        "requests_total": state.requests_total,
+        "latency_avg_ms": state.metrics.latency_avg_ms(),
         "groups": {
-            g.name: {"in_flight": g.in_flight, "queued_tokens": g.queued_tokens}
+            g.name: {"in_flight": g.in_flight, "queued_tokens": g.queued_tokens, "tokens": g.tokens}
             for g in state.groups.values()
+        },
+        # Heartbeats are coalesced away: a live reader (the dashboard) sees their age here.
+        "actors": {
+            a["id"]: {
+                "last_heartbeat_age": a["last_heartbeat_age"],
+                "batch_size": a["vitals"]["batch_size"],
+            }
+            for a in actors
         },
         "memory": _memory(nodes, actors),
     }

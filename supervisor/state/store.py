@@ -369,6 +369,11 @@ class ClusterState(RequestFold):
         """The last errors, newest first."""
         return list(itertools.islice(self._error_log.newest(), max(0, limit)))
 
+    @property
+    def history_sizes(self) -> tuple[int, int]:
+        """How many requests and errors the rings hold at most (the hostfile's history.*)."""
+        return self._request_log.size, self._error_log.size
+
     def timeseries(self, metric: str, window: str) -> tuple[str, list[list]]:
         """``(unit, [[unix_seconds, value], ...])`` oldest first (state.series).
 
