@@ -68,3 +68,38 @@ def test_a_second_sigterm_skips_the_drain_and_leaves_no_actor(start_supervisor):
     assert not left, f"actors left running: {left}"
     events = [e.get("event") for e in sup.log_lines()]
     assert "stopping_now" in events and "cluster_stopped" in events
+
+
+async def test_open_live_streams_end_cleanly_when_the_supervisor_stops(start_supervisor):
+    """A dashboard's feed and a ``logs -f`` end by themselves on SIGTERM (the feed with the
+    drain's event), instead of holding the HTTP server until it cuts them off."""
+    import asyncio
+
+    import httpx
+
+    from tests.clients import sse_events
+
+    sup = start_supervisor({"hosts": [{"ssh": "localhost"}], "model": "fake:quick"})
+    sup.wait_healthy()
+    async with httpx.AsyncClient(base_url=sup.url, timeout=30) as client:
+        async with (
+            client.stream("GET", "/api/cluster/events") as feed,
+            client.stream("GET", "/api/cluster/logs", params={"follow": "true"}) as logs,
+        ):
+            assert feed.status_code == 200 and logs.status_code == 200
+            kinds: list[str] = []
+            events = sse_events(feed)
+            kinds.append((await anext(events))["event"])  # the snapshot: the feed is live
+            sup.proc.send_signal(signal.SIGTERM)
+
+            async def read_feed() -> None:
+                async for event in events:  # raises if the server cuts the stream off
+                    kinds.append(event.get("event", ""))
+
+            async def read_logs() -> int:
+                return len([line async for line in logs.aiter_lines()])
+
+            await asyncio.wait_for(asyncio.gather(read_feed(), read_logs()), 30)
+    assert kinds[0] == "snapshot" and kinds[-1] == "DrainStarted", kinds
+    wait_for(lambda: sup.proc.poll() is not None, 30, "the supervisor to exit")
+    assert sup.proc.returncode == 0

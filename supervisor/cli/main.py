@@ -240,6 +240,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, r
     why = received[0] if received else f"the HTTP server ended ({_outcome(serving)})"
     log.info("stopping", drain_timeout=drain_timeout, reason=why)
     await _unless(now, cluster.drain(drain_timeout))
+    ring.end_followers()  # open live streams end; the SSE feed ends on the drain itself
     server.should_exit = True
     await _unless(now, serving)
     watch.cancel()

@@ -75,6 +75,10 @@ class _Follower:
     where: LogFilter
     min_rank: int
     dropped: bool = False
+    ended: bool = False  # the supervisor stops: what is queued, then the end
+
+
+_END: dict = {}  # queued after the last line of a follower the supervisor ends
 
 
 class TooManyFollowers(Exception):
@@ -149,6 +153,18 @@ class LogRing:
             self._followers.append(follower)
         return Following(self, follower)
 
+    def end_followers(self) -> None:
+        """The supervisor stops: every follower gets what is queued, then its end, so an open
+        ``logs -f`` does not hold the HTTP server's shutdown."""
+        with self._lock:
+            followers = list(self._followers)
+        for follower in followers:
+            follower.ended = True
+            try:
+                follower.loop.call_soon_threadsafe(follower.queue.put_nowait, _END)
+            except (RuntimeError, asyncio.QueueFull):  # closed loop, or full: ended by flag
+                pass
+
     def _forget(self, follower: _Follower) -> None:
         with self._lock:
             if follower in self._followers:
@@ -174,7 +190,14 @@ class Following:
         if follower.queue.empty() and follower.dropped:
             await self.aclose()
             return _dropped_line(follower.queue.maxsize)
-        return await follower.queue.get()
+        if follower.queue.empty() and follower.ended:
+            await self.aclose()
+            raise StopAsyncIteration
+        line = await follower.queue.get()
+        if line is _END:
+            await self.aclose()
+            raise StopAsyncIteration
+        return line
 
     async def aclose(self) -> None:
         self._closed = True

@@ -17,6 +17,7 @@ from msgspec import to_builtins
 
 from supervisor.serving.contract import BadRequest, FeedItem
 from supervisor.state import ClusterState
+from supervisor.state.events import DrainStarted
 from supervisor.state.feed import VITALS, Live, Snapshot, Subscription
 
 STATUSES = ("ok", "error", "cancelled")
@@ -73,14 +74,20 @@ class Feed:
     a cancelled response can unsubscribe without awaiting anything.
     """
 
-    def __init__(self, subscription: Subscription) -> None:
+    def __init__(self, subscription: Subscription, state: ClusterState) -> None:
         self._subscription = subscription
+        self._state = state
+        self._ended = False
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> FeedItem:
+        if self._ended:  # the supervisor stops: an open feed must not hold its shutdown
+            self.close()
+            raise StopAsyncIteration
         number, item = await anext(self._subscription)
+        self._ended = isinstance(item, DrainStarted) or self._state.draining
         return feed_item(number, item)
 
     def close(self) -> None:
@@ -91,4 +98,4 @@ class Feed:
 
 
 def events(state: ClusterState, after: int | None) -> AsyncIterator[FeedItem]:
-    return Feed(state.subscribe(after, coalesce=VITALS, interval=LIVE_INTERVAL))
+    return Feed(state.subscribe(after, coalesce=VITALS, interval=LIVE_INTERVAL), state)
