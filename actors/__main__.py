@@ -6,7 +6,7 @@ import sys
 
 from actors.runtime.control import configure_logging, serve
 
-KINDS = ("generation", "memory", "fake_engine")
+KINDS = ("generation", "memory", "probe", "fake_engine")
 
 
 def _make_actor(kind: str):
@@ -18,6 +18,10 @@ def _make_actor(kind: str):
         from actors.memory.reporter import MemoryActor
 
         return MemoryActor()
+    if kind == "probe":
+        from actors.probe.actor import ProbeActor
+
+        return ProbeActor()
     if kind == "fake_engine":
         from actors.fake.engine import FakeEngineActor
 
@@ -26,6 +30,10 @@ def _make_actor(kind: str):
 
 
 def main(argv: list[str]) -> int:
+    if argv in (["--version"], ["--host-facts"]):  # supervisor doctor's probes (actors/doctor)
+        from actors.doctor.probe import print_versions, serve_host_facts
+
+        return print_versions() if argv[0] == "--version" else serve_host_facts()
     if len(argv) != 1:
         print(f"usage: python -m actors {{{'|'.join(KINDS)}}}", file=sys.stderr)
         return 2

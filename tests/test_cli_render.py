@@ -211,10 +211,20 @@ def test_with_a_previous_body_tok_s_is_the_tokens_between_them():
 
 
 def test_links_are_a_table_once_the_probe_reports_them():
-    links = [{"link": "mac1-mac2", "bandwidth_gbps": 80.5, "latency_us": 9.1}]
+    links = [
+        {"id": "mac1↔mac2", "group": "main", "nodes": ["mac1", "mac2"],
+         "interface": "rdma_en3↔rdma_en4", "status": "degraded", "latency_us": 9.1,
+         "bandwidth_gbps": 3.5, "last_probe": 1.0, "baseline_latency_us": 8.8,
+         "baseline_bandwidth_gbps": 8.05, "probes": 7, "reason": "bandwidth below half"},
+        {"id": "mac2↔mac3", "group": "main", "nodes": ["mac2", "mac3"], "interface": "x",
+         "status": "down", "latency_us": None, "bandwidth_gbps": None, "last_probe": 1.0,
+         "baseline_latency_us": None, "baseline_bandwidth_gbps": None, "probes": 1,
+         "reason": "latency probe timed out after 5 s"},
+    ]  # fmt: skip
     shown = text_of(render.links_section({**STATUS, "links": links}))
-    assert "mac1-mac2" in shown and "80.5" in shown and "9.1" in shown
-    assert render.NO_LINKS not in shown
+    assert "mac1↔mac2" in shown and "rdma_en3↔rdma_en4" in shown and "degraded" in shown
+    assert "9.1 (base 8.8)" in shown and "3.5 (base 8.05)" in shown
+    assert "timed out" in shown and render.NO_LINKS not in shown
 
 
 def test_nodes_view_has_nodes_and_actors_but_no_groups():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,7 +109,9 @@ class Tmux:
             pytest.fail("tmux is not installed; ops/test installs it")
         self.socket = str(socket)  # in the test's temp dir: nothing left in /tmp/tmux-UID
         self.env = {**os.environ, "TERM": "xterm-256color"}
-        shell = " ".join(f"'{part}'" for part in command)
+        # The exit code is printed by the pane's shell: tmux 3.3 may mark a pane dead and
+        # never learn its status (#{pane_dead_status} stays empty).
+        shell = " ".join(f"'{part}'" for part in command) + "; echo exit-code=$?"
         # remain-on-exit: the pane (and its exit status) stays after the command ends
         self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "50", "-c", str(ROOT),
                   shell, ";", "set-option", "-t", "t", "remain-on-exit", "on")  # fmt: skip
@@ -129,11 +132,10 @@ class Tmux:
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "t")
 
-    def dead_status(self) -> int | None:
-        dead, *status = self.tmux(
-            "display-message", "-p", "#{pane_dead} #{pane_dead_status}"
-        ).split()
-        return int(status[0]) if dead == "1" else None
+    def exit_code(self) -> int | None:
+        """The command's exit code once it has ended (its shell prints it), else None."""
+        found = re.search(r"exit-code=(\d+)", self.screen())
+        return int(found.group(1)) if found else None
 
     def close(self) -> None:
         for process in (self.pane, self.server):
@@ -169,12 +171,12 @@ def test_monitor_redraws_survives_a_lost_server_and_ends_on_ctrl_c(start_supervi
 
         sup.stop()
         wait_for(lambda: "unreachable" in term.screen(), 30, "the monitor to say unreachable")
-        assert term.dead_status() is None  # still running, retrying
+        assert term.exit_code() is None  # still running, retrying
         assert _uptime(term.screen()) is not None  # the last view stays under the line
 
         term.tmux("send-keys", "-t", "t", "C-c")
-        assert wait_for(lambda: term.dead_status() is not None, 30, "the monitor to end") is True
-        assert term.dead_status() == 0
+        wait_for(lambda: term.exit_code() is not None, 30, "the monitor to end")
+        assert term.exit_code() == 0
         assert "Traceback" not in term.screen() and "KeyboardInterrupt" not in term.screen()
     finally:
         term.close()

@@ -16,6 +16,7 @@ from supervisor.state.events import (
     ActorStarting,
     GroupDeclared,
     GroupState,
+    LinkMeasured,
     NodeDeclared,
     NodeStatus,
     RequestAdmitted,
@@ -64,6 +65,9 @@ def fed_state() -> ClusterState:
     state.apply(ActorStarting("g-0", "generation", "n1", "g", 0))
     state.apply(ActorHeartbeat("g-0", Vitals(mlx_active_bytes=3 * GiB)))
     state.apply(ActorRestarted("g-0"))
+    link = ("n1↔n2", "g", ["n1", "n2"], "10.0.0.1↔10.0.0.2", 1_000.0, 0.01)
+    state.apply(LinkMeasured(*link, latency_us=25.5))
+    state.apply(LinkMeasured(*link, bandwidth_gbps=8.05))
 
     state.apply(RequestAdmitted("r1", "m"))  # t=0: queued 0.5 s, first token at 1 s
     clock.now = 0.5
@@ -112,6 +116,9 @@ def test_every_figure_is_the_states():
     assert at("mlx_cluster_group_up", group="h", model="m2") == 0
     assert at("mlx_cluster_node_up", node="n1") == 1
     assert at("mlx_cluster_node_up", node="n2") == 0
+    assert at("mlx_cluster_rdma_latency_us", link="n1↔n2", group="g") == 25.5
+    assert at("mlx_cluster_rdma_bandwidth_gbps", link="n1↔n2", group="g") == 8.05
+    assert at("mlx_cluster_link_up", link="n1↔n2", group="g") == 1
 
     assert at("vllm:num_requests_running", model_name="m") == 1
     assert at("vllm:num_requests_waiting", model_name="m") == 1

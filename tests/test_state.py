@@ -23,6 +23,8 @@ from supervisor.state.events import (
     GroupLeaving,
     GroupRemoved,
     GroupState,
+    LinkDown,
+    LinkMeasured,
     NodeDeclared,
     NodeHealth,
     NodeRemoved,
@@ -71,6 +73,7 @@ def test_every_event_type_is_applied_by_a_test_here():
         ActorSpawned, ActorHeartbeat, ActorLoading, ActorReady, ActorStopped, ActorRestarted,
         RequestAdmitted, RequestRefused, RequestStarted, TokensDelivered, RequestMoved,
         RequestEnded, RouterDeclared, RouteDecided, DrainStarted, NodeHealth, Tick,
+        LinkMeasured, LinkDown,  # tested in test_link_probe_live.py, with their fold
     }  # fmt: skip
     assert covered == set(get_args(Event))
 

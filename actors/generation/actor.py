@@ -54,9 +54,11 @@ class GenerationActor:
         lockstep = None
         if cfg.world_size > 1:
             from actors.generation.engine.lockstep import Lockstep, load_rank
+            from actors.generation.engine.probe_step import LinkProber
 
             model, tokenizer, group = load_rank(cfg, path, runtime.send)
-            lockstep = Lockstep(group, on_lost=self._group_lost)
+            prober = LinkProber(cfg.probe, runtime.send)  # rank 0 reports its figures
+            lockstep = Lockstep(group, on_lost=self._group_lost, prober=prober)
         else:
             runtime.send(LoadProgress(stage="load", fraction=0.0, detail=str(path)))
             model, tokenizer = mlx_lm.load(str(path))

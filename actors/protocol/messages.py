@@ -157,6 +157,16 @@ GenerationEvent = TokenDelta | Finished | GenerationFailed
 # --------------------------------------------------------------------------- #
 
 
+class ProbeSettings(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The live link probe of a multi-rank group (the hostfile's ``probe`` section)."""
+
+    enabled: bool = True
+    latency_interval: float = 10.0  # s between small all_sums, while the group is idle
+    bandwidth_interval: float = 60.0  # s between large ones
+    bandwidth_bytes: int = 4 * 1024 * 1024
+    timeout: float = 5.0  # s: a probe not done by then is reported down
+
+
 class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     """What an actor is told at spawn, as JSON in $MLXS_ACTOR_CONFIG (the token travels apart)."""
 
@@ -180,6 +190,7 @@ class ActorConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     options: dict[str, str] = {}
     # Free memory a rank keeps beyond its weights, or it refuses to load (actors.memory.fit).
     memory_margin_bytes: int = 2_000_000_000
+    probe: ProbeSettings = ProbeSettings()  # generation ranks of a multi-rank group
 
 
 class Hello(_Msg, frozen=True):
@@ -271,6 +282,51 @@ class Shutdown(_Msg, frozen=True):
     reason: str = ""
 
 
+class LinkProbe(_Msg, frozen=True):
+    """Rank 0 of a serving group: a live link probe's figure, or why it failed (``ok`` False).
+
+    ``kind`` "latency": ``latency_s`` is the median round trip of a small all_sum;
+    "bandwidth": ``bandwidth_gbps`` the algorithm bandwidth of an all_sum of ``nbytes``
+    (``peak_gbps`` the fastest round's). ``at``: unix seconds the probe started;
+    ``seconds``: how long it ran (for a timeout: until it was reported).
+    """
+
+    kind: Literal["latency", "bandwidth"]
+    at: float
+    seconds: float
+    ok: bool = True
+    latency_s: float = 0.0
+    bandwidth_gbps: float = 0.0
+    peak_gbps: float = 0.0
+    nbytes: int = 0
+    error: str = ""
+
+
+# --------------------------------------------------------------------------- #
+# Link probe (probe actor rank 0 -> `supervisor rdma-test`; progress is LoadProgress)
+# --------------------------------------------------------------------------- #
+
+
+class ProbeBandwidth(msgspec.Struct, frozen=True):
+    """One size of the bandwidth sweep: algorithm bandwidth, GB = 1e9 bytes."""
+
+    nbytes: int
+    avg_gbps: float
+    peak_gbps: float
+
+
+class ProbeReport(_Msg, frozen=True):
+    """A probe group's figures (actors.probe.measure), said by rank 0 once every step ran."""
+
+    correct: bool
+    correctness: str
+    latency_us: float = 0.0
+    bandwidth: list[ProbeBandwidth] = []
+    stress_rounds: int = 0  # 0: no stress run
+    stress_failed: int = 0
+    stress_detail: str = ""  # the first failed round's line
+
+
 # --------------------------------------------------------------------------- #
 # Work (supervisor -> actor)
 # --------------------------------------------------------------------------- #
@@ -298,6 +354,8 @@ Message = (
     | TokenDelta
     | Finished
     | GenerationFailed
+    | ProbeReport
+    | LinkProbe
 )
 
 CONFIG_ENV = "MLXS_ACTOR_CONFIG"

@@ -14,9 +14,11 @@ from pathlib import Path
 import structlog
 
 from supervisor.cli import admin as cli_admin
+from supervisor.cli import doctor_cmd as cli_doctor
 from supervisor.cli import hosts as cli_membership
 from supervisor.cli import logs_cmd as cli_logs
 from supervisor.cli import observe_cmd as cli_observe
+from supervisor.cli import rdma_test as cli_rdma_test
 from supervisor.config.load import HostfileError, apply_overrides, load_hostfile
 from supervisor.logs.setup import configure_logging
 
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_observe.add_parsers(sub)  # status, nodes, monitor
     cli_logs.add_parser(sub)
     cli_membership.add_parsers(sub)
+    cli_rdma_test.add_parser(sub)
+    cli_doctor.add_parser(sub)
     return parser
 
 
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return cli_observe.run(args)
     if args.command == cli_logs.COMMAND:
         return cli_logs.run(args)
+    if args.command == cli_rdma_test.COMMAND:
+        return cli_rdma_test.run(args)
+    if args.command == cli_doctor.COMMAND:
+        return cli_doctor.run(args)
     raise AssertionError(f"no handler for command {args.command!r}")  # argparse allows none
 
 
@@ -117,6 +125,13 @@ def _start(args: argparse.Namespace) -> int:
         validate_groups(spec)  # a group that cannot split its model: refused before anything
     except GroupConfigError as exc:
         print(f"supervisor: {spec.source}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from supervisor.doctor.preflight import preflight_problems
+
+    problems = preflight_problems(spec)  # the doctor's checks that cost no SSH round trip
+    for line in problems:
+        print(f"supervisor: {spec.source}: {line}", file=sys.stderr)
+    if problems:
         return EXIT_USAGE
     from supervisor.cli.credentials import CredentialError, credentials_for
 

@@ -32,6 +32,7 @@ STATE_STYLE = {
     "failed": "red",
     "stopped": "dim",
 }
+LINK_STYLE = {"active": "green", "degraded": "yellow", "down": "red"}
 BAR_WIDTH = 12
 NO_LINKS = "links: no link figures yet (the link probe adds bandwidth and latency per link)"
 
@@ -203,16 +204,31 @@ def _budget(budget: dict | None) -> Text:
 
 
 def links_section(status: dict) -> RenderableType:
+    """Each link's live figures against its baseline (state.links), coloured by status."""
     links = status.get("links") or []
     if not links:
         return Text(NO_LINKS, style="dim")
-    keys = list(dict.fromkeys(k for link in links for k in link))
     table = _table("links")
-    for key in keys:
-        table.add_column(key)
+    for header in ("link", "group", "interface", "status", "latency µs", "GB/s", "reason"):
+        table.add_column(header)
     for link in links:
-        table.add_row(*(str(link.get(k, "—")) for k in keys))
+        table.add_row(
+            link.get("id", "—"),
+            link.get("group", "—"),
+            link.get("interface", "—"),
+            Text(link.get("status", "—"), style=LINK_STYLE.get(link.get("status"), "")),
+            _figure(link.get("latency_us"), link.get("baseline_latency_us")),
+            _figure(link.get("bandwidth_gbps"), link.get("baseline_bandwidth_gbps")),
+            Text(link.get("reason", ""), style="dim"),
+        )
     return table
+
+
+def _figure(value: float | None, baseline: float | None) -> str:
+    """``25.5 (base 24.9)``; a dash before the first figure."""
+    if value is None:
+        return "—"
+    return f"{value:.3g}" + ("" if baseline is None else f" (base {baseline:.3g})")
 
 
 def totals(status: dict) -> Text:

@@ -32,6 +32,7 @@ from supervisor.state.events import (
 )
 from supervisor.supervision.child import ChildSpec, Timeouts
 from supervisor.supervision.escalation import ClusterDown, GroupDown, NodeDown, Supervised, escalate
+from supervisor.supervision.links import GroupSupervisor, Link, group_links, probe_settings
 from supervisor.supervision.policy import SupervisorFlags, supervisor_flags
 from supervisor.supervision.ranks import (
     cpu_environment,
@@ -272,6 +273,7 @@ class Cluster:
                     memory_margin_bytes=self.spec.memory_margin_bytes,
                     parallel=group.parallel,
                     options=options,
+                    probe=probe_settings(self.spec.probe),
                 ),
                 self._spawner_for(host),
                 restart=group.restart,
@@ -284,7 +286,8 @@ class Cluster:
             )
             for rank, host in enumerate(group.hosts)
         ]
-        sup = self._child_supervisor(group.name, children, self._group_flags, group=group.name)
+        links = group_links(group, nodes)
+        sup = self._child_supervisor(group.name, children, self._group_flags, group.name, links)
         sup.on_give_up = lambda reason: self._escalate("group", group.name, reason)
         return sup
 
@@ -316,8 +319,11 @@ class Cluster:
         children: list[ChildSpec],
         flags: SupervisorFlags,
         group: str | None = None,
+        links: list[Link] | None = None,
     ) -> ChildSupervisor:
-        return ChildSupervisor(
+        """``links``: a generation group's, whose rank 0 reports their live probe."""
+        extra = {} if links is None else {"links": links}
+        return (ChildSupervisor if links is None else GroupSupervisor)(
             name,
             children,
             control=self.control,
@@ -326,6 +332,7 @@ class Cluster:
             flags=flags,
             timeouts=self._timeouts,
             group=group,
+            **extra,
         )
 
     async def drain(self, timeout: float) -> None:

@@ -127,6 +127,7 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         membership=doc.membership,
         history=doc.history,
         logs=doc.logs,
+        probe=doc.probe,
     )
 
 

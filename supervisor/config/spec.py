@@ -128,6 +128,17 @@ class MembershipSpec(_Written):
     comment: Comment = None
 
 
+class ProbeSpec(_Written):
+    """The live link probe of every multi-rank group, run between steps while it is idle."""
+
+    enabled: bool = True
+    latency_interval: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 10.0  # 1 KiB all_sum
+    bandwidth_interval: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 60.0
+    bandwidth_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 4 * 1024 * 1024
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0  # then the link is down
+    comment: Comment = None
+
+
 class GroupEntry(_Written):
     """A group as written: hosts inline or referenced by top-level index or name."""
 
@@ -172,6 +183,7 @@ class ClusterFile(_Written):
     membership: MembershipSpec = MembershipSpec()
     history: HistorySpec = HistorySpec()
     logs: LogsSpec = LogsSpec()
+    probe: ProbeSpec = ProbeSpec()
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -230,3 +242,4 @@ class ClusterSpec(_Spec):
     membership: MembershipSpec = MembershipSpec()
     history: HistorySpec = HistorySpec()
     logs: LogsSpec = LogsSpec()
+    probe: ProbeSpec = ProbeSpec()

@@ -120,6 +120,36 @@ def cluster_families(state: ClusterState) -> Iterator[Metric]:
     for node in state.nodes.values():
         node_up.add_metric([node.name], 1 if node.state == "up" else 0)
     yield node_up
+    yield from link_families(state)
+
+
+def link_families(state: ClusterState) -> Iterator[Metric]:
+    """The live link probe's figures per link (state.links): none before a first probe."""
+    labels = ["link", "group"]
+    bandwidth = GaugeMetricFamily(
+        "mlx_cluster_rdma_bandwidth_gbps",
+        "The link's last measured all_sum bandwidth, GB/s (1e9 bytes), while serving.",
+        labels=labels,
+    )
+    latency = GaugeMetricFamily(
+        "mlx_cluster_rdma_latency_us",
+        "The link's last measured round trip of a 1 KiB all_sum, microseconds.",
+        labels=labels,
+    )
+    up = GaugeMetricFamily(
+        "mlx_cluster_link_up", "1 while the link's last probe passed (active or degraded).",
+        labels=labels,
+    )  # fmt: skip
+    for link in state.links.views.values():
+        key = [link.id, link.group]
+        if link.bandwidth_gbps is not None:
+            bandwidth.add_metric(key, link.bandwidth_gbps)
+        if link.latency_us is not None:
+            latency.add_metric(key, link.latency_us)
+        up.add_metric(key, 0 if link.status == "down" else 1)
+    yield bandwidth
+    yield latency
+    yield up
 
 
 def vllm_families(state: ClusterState) -> Iterator[Metric]:

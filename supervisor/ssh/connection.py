@@ -18,9 +18,11 @@ import paramiko
 import structlog
 
 from supervisor.ssh.target import (
+    ChangedHostKey,
     Endpoint,
     SSHError,
     SSHUnreachable,
+    UnknownHostKey,
     describe_failure,
     display_path,
     is_unreachable,
@@ -87,7 +89,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key) -> None:
         s = self._connector
         if not s.accept_new_host_keys:
-            raise SSHError(
+            raise UnknownHostKey(
                 f"{s.where}: unknown SSH host key ({key.get_name()} {key.fingerprint}); trust "
                 f"it with: {keyscan_hint(s.endpoint, s.known_hosts)} (or set "
                 f'"accept_new_host_keys": true)'
@@ -197,7 +199,7 @@ class SSHConnector:
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise SSHError(
+            raise ChangedHostKey(
                 f"{self.where}: SSH host key CHANGED ({exc.key.get_name()} "
                 f"{exc.key.fingerprint}, {display_path(self.known_hosts)} has "
                 f"{exc.expected_key.fingerprint}); refused even with accept_new_host_keys, it "
@@ -220,14 +222,18 @@ class SSHConnector:
                 f"{self.where}: cannot read known_hosts {display_path(self.known_hosts)} ({why})"
             ) from None
 
-    def exec_with_stdin(self, command: str, stdin_line: str) -> paramiko.Channel:
-        """Start ``command`` on the live connection and give it one line of stdin (blocking)."""
+    def exec_with_stdin(
+        self, command: str, stdin_line: str, *, close_stdin: bool = True
+    ) -> paramiko.Channel:
+        """Start ``command`` on the live connection and give it one line of stdin (blocking);
+        ``close_stdin`` False leaves stdin open for more (the doctor's clock ping)."""
         client = _connections.get(self.endpoint, self.connect)
         channel = client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             channel.exec_command(command)
             channel.sendall(stdin_line.encode() + b"\n")
-            channel.shutdown_write()
+            if close_stdin:
+                channel.shutdown_write()
         except BaseException:
             channel.close()
             raise

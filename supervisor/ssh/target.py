@@ -27,6 +27,14 @@ class SSHError(Exception):
     """An SSH problem, as one line naming the node, its address and what to do."""
 
 
+class UnknownHostKey(SSHError):
+    """The server's host key is not in known_hosts, and nothing said to trust new keys."""
+
+
+class ChangedHostKey(SSHError):
+    """known_hosts holds another key for this server: refused, whatever the settings."""
+
+
 class SSHTargetError(SSHError, ValueError):
     """An ``ssh`` value of the hostfile that cannot name a host."""
 

@@ -86,6 +86,32 @@ class GroupRemoved(_Event, frozen=True):
     group: str
 
 
+class LinkMeasured(_Event, frozen=True):
+    """A live probe of ``group`` measured its link ``link`` (``nodes``, over ``interface``):
+    the latency or the bandwidth (the other is None). ``at``: unix s the probe started;
+    ``seconds``: how long it ran (the group served nothing meanwhile)."""
+
+    link: str
+    group: str
+    nodes: list[str]
+    interface: str
+    at: float
+    seconds: float
+    latency_us: float | None = None
+    bandwidth_gbps: float | None = None
+
+
+class LinkDown(_Event, frozen=True):
+    """A live probe of ``group``'s link failed or timed out (``reason`` says which)."""
+
+    link: str
+    group: str
+    nodes: list[str]
+    interface: str
+    at: float
+    reason: str
+
+
 # --------------------------------------------------------------------- supervisors
 
 
@@ -258,6 +284,8 @@ Event = (
     | GroupState
     | GroupLeaving
     | GroupRemoved
+    | LinkMeasured
+    | LinkDown
     | SupervisorStarted
     | SupervisorRestarted
     | SupervisorRemoved

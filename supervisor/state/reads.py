@@ -14,6 +14,7 @@ from __future__ import annotations
 from msgspec import to_builtins
 
 from supervisor.state.nodes import memory_reporter, node_json, rank_memory
+from supervisor.state.series import MEMORY, unit_of
 from supervisor.state.views import actor_json, group_json, supervisor_json
 
 HISTORY_TAIL = 20  # requests the snapshot carries
@@ -39,7 +40,7 @@ def snapshot(state, now: float) -> dict:
         "latency_avg_ms": state.metrics.latency_avg_ms(),
         "history": [to_builtins(r) for r in state.requests(HISTORY_TAIL)],
         "memory": _memory(nodes, actors),
-        "links": [],  # the link probe's figures (bandwidth, latency) join here
+        "links": state.links.json(),  # the live link probe's figures (state.links)
         "nodes": nodes,
         "actors": actors,
         "groups": [
@@ -79,7 +80,20 @@ def live_figures(state, now: float) -> dict:
             for a in actors
         },
         "memory": _memory(nodes, actors),
+        "links": state.links.json(),  # few, and changed by their own events: sent whole
     }
+
+
+def series_points(state, metric: str, window: str) -> tuple[str, list[list]]:
+    """``(unit, [[unix_seconds, value], ...])`` oldest first (state.series).
+
+    KeyError for an unknown metric, ValueError for an unknown window (one line each).
+    """
+    unit = unit_of(metric)
+    if metric.startswith(MEMORY) and metric[len(MEMORY) :] not in state.nodes:
+        known = ", ".join(MEMORY + n for n in state.nodes) or "none yet"
+        raise KeyError(f"metric: no node {metric[len(MEMORY) :]!r}; known: {known}")
+    return unit, state.series.points(metric, window)
 
 
 def _actor(actor, now: float) -> dict:

@@ -3,8 +3,8 @@
 ``apply`` folds one event into the views (replacing them: they are frozen), numbers it,
 hands it to subscribers, and wakes whoever waits for a condition on the state. Readers
 (the router, /health, /api/cluster/status, /metrics, the supervisors themselves) read the
-views, the request history and errors (``history``), the counters and histograms
-(``metrics``) and the time series (``series``); nobody keeps a copy of his own.
+views, the links (``links``), the request history and errors (``history``), the counters
+and histograms (``metrics``) and the time series (``series``); nobody keeps a copy.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from supervisor.state.events import (
     GroupLeaving,
     GroupRemoved,
     GroupState,
+    LinkDown,
+    LinkMeasured,
     NodeDeclared,
     NodeHealth,
     NodeRemoved,
@@ -59,12 +61,13 @@ from supervisor.state.feed import (
 )
 from supervisor.state.health import health
 from supervisor.state.history import ErrorRecord, RequestRecord, Ring, error_kind, newest_requests
+from supervisor.state.links import Links
 from supervisor.state.metrics import RequestMetrics
 from supervisor.state.nodes import health_change, mem_used
-from supervisor.state.reads import live_figures, snapshot
+from supervisor.state.reads import live_figures, series_points, snapshot
 from supervisor.state.request_fold import RequestFold
 from supervisor.state.router_stats import RouterStats
-from supervisor.state.series import MEMORY, Series, unit_of
+from supervisor.state.series import MEMORY, Series
 from supervisor.state.views import (
     ActorView,
     Admission,
@@ -101,6 +104,7 @@ class ClusterState(RequestFold):
         self.admitted: dict[str, Admission] = {}  # admitted, waiting to be placed
         self._request_log: Ring[RequestRecord] = Ring(history.requests)
         self._error_log: Ring[ErrorRecord] = Ring(history.errors)
+        self.links = Links(self._error)  # the live link probe's figures (state.links)
         self.metrics = RequestMetrics()
         self.series = Series(clock())
         self.requests_total = 0  # placed on a group
@@ -125,6 +129,7 @@ class ClusterState(RequestFold):
         the health both are, so no emitter keeps a copy to compare against.
         """
         self._fold(event)
+        self.links.fold(event)
         number = self._log.append(event)
         for subscriber in list(self._subscribers):
             subscriber.push(number, event)
@@ -161,6 +166,8 @@ class ClusterState(RequestFold):
             case GroupRemoved(group):
                 self.groups.pop(group, None)
                 self._drop_actors(lambda a: a.group == group)
+            case LinkMeasured() | LinkDown():
+                pass  # self.links folds them
             case SupervisorStarted(name, group, intensity, period):
                 old = self.supervisors.get(name)
                 history = (old.restarts, old.restart_times) if old else (0, ())
@@ -375,15 +382,8 @@ class ClusterState(RequestFold):
         return self._request_log.size, self._error_log.size
 
     def timeseries(self, metric: str, window: str) -> tuple[str, list[list]]:
-        """``(unit, [[unix_seconds, value], ...])`` oldest first (state.series).
-
-        KeyError for an unknown metric, ValueError for an unknown window (one line each).
-        """
-        unit = unit_of(metric)
-        if metric.startswith(MEMORY) and metric[len(MEMORY) :] not in self.nodes:
-            known = ", ".join(MEMORY + n for n in self.nodes) or "none yet"
-            raise KeyError(f"metric: no node {metric[len(MEMORY) :]!r}; known: {known}")
-        return unit, self.series.points(metric, window)
+        """``(unit, [[unix_seconds, value], ...])`` oldest first (state.reads.series_points)."""
+        return series_points(self, metric, window)
 
     def uptime(self) -> float:
         return round(self._wall() - self.started_at, 3)

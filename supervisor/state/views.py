@@ -19,6 +19,7 @@ ActorStateName = Literal[
 GroupStateName = Literal["starting", "ready", "restarting", "waiting", "failed", "stopped"]
 NodeHealthName = Literal["ok", "warning", "critical"]
 RequestStatus = Literal["ok", "error", "cancelled"]
+LinkStatus = Literal["active", "degraded", "down"]
 
 
 class NodeView(msgspec.Struct, frozen=True):
@@ -69,6 +70,27 @@ class GroupView(msgspec.Struct, frozen=True):
     leader: str | None = None  # the rank-0 actor id while ready
     leaving: bool = False  # drained away: takes no new work
     queued_tokens: int = 0  # promised to its requests in flight, not yet delivered
+
+
+class LinkView(msgspec.Struct, frozen=True):
+    """A link of a group as its live probe last measured it (``supervisor.state.links``).
+
+    Figures in µs and GB/s (1e9 bytes); ``last_probe`` in unix seconds; the baselines are
+    the first figures after the group was declared (kept across its restarts).
+    """
+
+    id: str  # "a↔b": the node names, in rank order
+    group: str
+    nodes: list[str]
+    interface: str  # the ring ips or the RDMA devices the two ends use ("ip↔ip", "dev↔dev")
+    status: LinkStatus = "active"
+    latency_us: float | None = None
+    bandwidth_gbps: float | None = None
+    last_probe: float | None = None
+    baseline_latency_us: float | None = None
+    baseline_bandwidth_gbps: float | None = None
+    probes: int = 0  # measurements so far, failed ones included
+    reason: str = ""  # why it is degraded or down
 
 
 class SupervisorView(msgspec.Struct, frozen=True):

@@ -165,7 +165,7 @@ class Engine(CallerSide):
             self._lockstep.pace(self._has_work(), self._wakeup)
         plan = self._schedule()
         if self._lockstep is not None:
-            plan = self._lockstep.agree(plan)
+            plan = self._lockstep.agree(plan, idle=not self._active)  # idle: a probe may run
         if plan:
             self._apply(plan)
         if self._solo is not None:

@@ -8,7 +8,8 @@ batch. Collectives run on the engine thread, on the stream the batch steps on, s
 never race a step in flight (MLX-NOTES).
 
 A ring rank waiting in a collective busy-polls a core, so idle ranks do not sit in one:
-they meet once per ``idle_tick`` and sleep in between.
+they meet once per ``idle_tick`` and sleep in between. An idle group's plan may say "probe
+the link" (``engine.probe_step``): every rank runs it inside ``agree``, between two steps.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import msgspec
 import structlog
 
 from actors.generation.engine.inbox import Prompted, StepPlan
-from actors.protocol.messages import LoadProgress
+from actors.generation.engine.probe_step import LinkProber
+from actors.protocol.messages import LoadProgress, ProbeSettings
 from actors.protocol.rank_env import BACKEND_ENV, WORLD_SIZE_ENV, write_rank_files
 
 log = structlog.get_logger()
@@ -50,6 +52,8 @@ class SharedPlan(msgspec.Struct, frozen=True, omit_defaults=True):
     cancel: list[str] = []  # running request ids
     retire: list[int] = []  # batch uids of sequences that ended on a stop string
     evict: list[int] = []  # prompt cache entry ids rank 0 evicted since its last plan
+    probe: str = ""  # "latency" | "bandwidth": every rank measures the link (probe_step)
+    probe_bytes: int = 0  # the bandwidth probe's all_sum size
 
 
 def join_group(expected_size: int) -> Any:
@@ -114,14 +118,19 @@ class Lockstep:
         group: Any,
         idle_tick: float = IDLE_TICK,
         on_lost: Callable[[str], None] | None = None,
+        prober: LinkProber | None = None,
     ):
-        """``on_lost``: called once the engine has given the group up (a rank is gone)."""
+        """``on_lost``: called once the engine has given the group up (a rank is gone).
+
+        ``prober``: the live link probe (None: never probe); rank 0 decides when.
+        """
         self.group = group
         self.rank = group.rank()
         self.size = group.size()
         self.leader = self.rank == 0
         self._idle_tick = idle_tick
         self._on_lost = on_lost
+        self._prober = prober
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(SharedPlan)
 
@@ -139,21 +148,28 @@ class Lockstep:
         else:
             time.sleep(self._idle_tick)
 
-    def agree(self, plan: StepPlan) -> StepPlan:
+    def agree(self, plan: StepPlan, idle: bool = False) -> StepPlan:
         """Rank 0's batch changes on every rank: rank 0 sends its plan, the others adopt it.
 
         Every rank then admits the same requests (with the prompt tokens rank 0 rendered
         off its engine thread) and samples with the same seeds, so batches stay equal.
+        ``idle`` (rank 0): no sequence runs; with no change either, a probe may be due.
         """
         if self.leader:
             plan.admit = [with_shared_seed(r) for r in plan.admit]
             changed = plan.admit or plan.cancel or plan.retire or plan.evict
-            shared = SharedPlan(plan.admit, plan.cancel, plan.retire, plan.evict)
-            self.share(shared if changed else None)
+            due = None
+            if self._prober is not None and not changed:
+                due = self._prober.due(idle)
+            probe, nbytes = due or ("", 0)
+            shared = SharedPlan(plan.admit, plan.cancel, plan.retire, plan.evict, probe, nbytes)
+            self.share(shared if changed or probe else None)
+            self._probe(shared)
             return plan
         shared = self.share(None)
         if shared is None:
             return StepPlan()
+        self._probe(shared)
         return StepPlan(
             admit=shared.admit, cancel=shared.cancel, retire=shared.retire, evict=shared.evict
         )
@@ -176,6 +192,17 @@ class Lockstep:
             return self._decoder.decode(bytes(memoryview(data)))
         except msgspec.DecodeError as error:
             raise GroupFailure(f"rank {self.rank} got a plan it cannot read: {error}") from error
+
+    def _probe(self, shared: SharedPlan) -> None:
+        """Run the plan's link probe, if it has one, as every rank does at this point."""
+        if not shared.probe:
+            return
+        if self._prober is None:  # a follower told to probe: its own settings do not matter
+            self._prober = LinkProber(ProbeSettings(enabled=False), lambda _: None)
+        try:
+            self._prober.run(self.group, shared.probe, shared.probe_bytes, self.leader)
+        except RuntimeError as error:
+            raise GroupFailure(str(error)) from error
 
     def stop(self) -> None:
         """Rank 0: release the followers waiting in ``share``; a lost group is left as it is."""

@@ -7,7 +7,7 @@ const byName = (list, key = "name") => Object.fromEntries((list || []).map((x) =
 
 // Events after which the errors ring may have a new entry (store.py's _error calls).
 const ERROR_EVENTS = new Set(["NodeStatus", "ActorStopped", "SupervisorRestarted",
-  "GroupState", "RequestRefused", "RequestEnded"]);
+  "GroupState", "RequestRefused", "RequestEnded", "LinkMeasured", "LinkDown"]);
 const HISTORY_EVENTS = new Set(["RequestEnded", "RequestRefused"]);
 
 export class ClusterModel {
@@ -23,6 +23,7 @@ export class ClusterModel {
     this.groups = byName(state.groups);
     this.actors = byName(state.actors, "id");
     this.supervisors = byName(state.supervisors);
+    this.linkViews = Object.fromEntries((state.links || []).map((l) => [`${l.group}:${l.id}`, l]));
     this.live = null; // figures newer than the snapshot's
     this.running = {}; // request id -> its group, for the in-flight counts
     this.liveAt = performance.now();
@@ -37,6 +38,9 @@ export class ClusterModel {
     if (event === "live") {
       this.live = data.figures ?? data;
       this.liveAt = performance.now();
+      if (this.live.links) { // the state's own statuses (baselines, thresholds): taken whole
+        this.linkViews = Object.fromEntries(this.live.links.map((l) => [`${l.group}:${l.id}`, l]));
+      }
       this.rates();
       return {};
     }
@@ -133,6 +137,17 @@ export class ClusterModel {
         if (e.request_id in this.running) this.inFlight(this.running[e.request_id], -1);
         delete this.running[e.request_id];
         break;
+      case "LinkMeasured":
+      case "LinkDown": { // figures at once; the status the state derives comes with "live"
+        const key = `${e.group}:${e.link}`;
+        const l = (this.linkViews[key] ??= { id: e.link, group: e.group, nodes: e.nodes,
+          interface: e.interface, status: "active", probes: 0 });
+        Object.assign(l, { last_probe: e.at, probes: (l.probes || 0) + 1 });
+        if (type === "LinkDown") Object.assign(l, { status: "down", reason: e.reason });
+        if (e.latency_us != null) l.latency_us = e.latency_us;
+        if (e.bandwidth_gbps != null) l.bandwidth_gbps = e.bandwidth_gbps;
+        break;
+      }
       case "DrainStarted": s.draining = true; break;
       default: break; // events whose effect arrives with the live figures or the reads
     }
@@ -177,6 +192,9 @@ export class ClusterModel {
   groupLive(name) { return this.live?.groups?.[name] ?? {}; }
 
   groupNames() { return Object.keys(this.groups).sort(); }
+
+  /** The links the live probe measured (state.links), folded with their events. */
+  links() { return Object.values(this.linkViews); }
 
   /** The models served and the groups serving each (ready first). */
   models() {

@@ -1,6 +1,7 @@
 // Topology: nodes as boxes on an ellipse (a grid on narrow screens), one colour per group,
-// a link between consecutive ranks of each group, labelled with the link probe's latest
-// figures once it reports them (state.links), "no probe yet" until then.
+// a link between consecutive ranks of each group, labelled with the live link probe's latest
+// figures once it reports them (state.links) and coloured by their status (active, degraded,
+// down: the CSS's --ok/--warn/--bad), "no probe yet" until then.
 import { groupColour, h, show } from "./format.js";
 
 const BOX = { w: 150, h: 58 };
@@ -50,19 +51,26 @@ export function groupLinks(model) {
   return out;
 }
 
-function probe(links, a, b) {
+/** The group's probed link between nodes ``a`` and ``b`` (either way round), if any. */
+export function probe(links, group, a, b) {
   return (links || []).find((l) => {
-    const ends = l.nodes || [l.a ?? l.from ?? l.source, l.b ?? l.to ?? l.target];
-    return (ends[0] === a && ends[1] === b) || (ends[0] === b && ends[1] === a);
+    const ends = l.nodes || [];
+    return l.group === group && ((ends[0] === a && ends[1] === b) || (ends[0] === b && ends[1] === a));
   });
 }
 
-function probeLabel(p) {
-  if (!p) return { text: "no probe yet", cls: "unprobed" };
+/** The link's label: its figures (or "down"), its status as the CSS class, and a tooltip. */
+export function probeLabel(p) {
+  if (!p) return { text: "no probe yet", cls: "unprobed", title: "no live probe has run yet" };
   const parts = [];
-  if (p.latency_us !== undefined) parts.push(`${Number(p.latency_us).toFixed(1)} µs`);
-  if (p.bandwidth_gbps !== undefined) parts.push(`${Number(p.bandwidth_gbps).toFixed(2)} GB/s`);
-  return { text: parts.join(" · ") || p.state || "probed", cls: p.state || "healthy" };
+  if (p.latency_us != null) parts.push(`${Number(p.latency_us).toFixed(1)} µs`);
+  if (p.bandwidth_gbps != null) parts.push(`${Number(p.bandwidth_gbps).toFixed(2)} GB/s`);
+  const status = p.status || "active";
+  const text = status === "down" ? "down" : parts.join(" · ") || status;
+  const when = p.last_probe ? new Date(p.last_probe * 1000).toLocaleTimeString() : "";
+  const title = [`${p.id} ${status}`, p.interface, p.reason, when && `probed ${when}`]
+    .filter(Boolean).join(" · ");
+  return { text: status === "degraded" ? `${text} (degraded)` : text, cls: status, title };
 }
 
 export function renderTopology(el, model) {
@@ -80,8 +88,9 @@ export function renderTopology(el, model) {
     const len = Math.hypot(q.x - p.x, q.y - p.y) || 1;
     const bend = k * 28;
     const cx = mx - ((q.y - p.y) / len) * bend, cy = my + ((q.x - p.x) / len) * bend;
-    const label = probeLabel(probe(model.state.links, a, b));
+    const label = probeLabel(probe(model.links(), group, a, b));
     return h("svg:g", { class: `link ${label.cls}`, "data-group": group },
+      h("svg:title", {}, label.title),
       h("svg:path", { d: `M${p.x},${p.y} Q${cx},${cy} ${q.x},${q.y}`, stroke: groupColour(group, groups) }),
       h("svg:text", { x: (mx + cx) / 2, y: (my + cy) / 2 - 6, "text-anchor": "middle", class: "linklabel" },
         label.text));

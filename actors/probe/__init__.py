@@ -1,0 +1,1 @@
+"""The link probe: correctness, latency and bandwidth of a group's collectives."""
