@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from actors.protocol.host_facts import (
     ModelFacts,
     PortFacts,
     RdmaFacts,
+    bind_error,
 )
 from actors.protocol.model_spec import (
     DEMO_SIZES,
@@ -158,17 +158,8 @@ def disk_free(path: Path) -> int | None:
 
 
 def port_facts(ip: str, port: int) -> PortFacts:
-    """Can a rank bind ``ip:port`` now? With SO_REUSEADDR, as the ring backend binds, so a
-    port in TIME_WAIT from a previous run counts as free."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
-            sock.listen(1)
-    except OSError as exc:
-        return PortFacts(ip, port, exc.strerror or str(exc))
-    return PortFacts(ip, port)
+    """Can a rank bind ``ip:port`` now? (``bind_error``, as the supervisor checks its own.)"""
+    return PortFacts(ip, port, bind_error(ip, port))
 
 
 def rdma_facts() -> RdmaFacts:

@@ -2,11 +2,13 @@
 --host-facts``): one JSON line each way on the probe's stdin and stdout, then a clock ping.
 
 Shared by both sides: the supervisor builds the request from the hostfile, the host gathers
-the facts (``actors.doctor.facts``). Nothing here runs anything.
+the facts (``actors.doctor.facts``). Nothing here runs anything but ``bind_error``, which
+both sides use to see whether a rank's port is free.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 
 import msgspec
@@ -75,3 +77,17 @@ class HostFacts(msgspec.Struct, frozen=True):
 
 class ClockReply(msgspec.Struct, frozen=True):
     time: float  # time.time() when the ping was read
+
+
+def bind_error(ip: str, port: int) -> str:
+    """Why a rank could not listen on ``ip:port`` now ("" if it could). With SO_REUSEADDR,
+    as the ring backend binds, so a port in TIME_WAIT from a previous run counts as free."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip, port))
+            sock.listen(1)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""

@@ -10,8 +10,8 @@ doctor`` does that). The lines are the doctor's own fixes.
 from __future__ import annotations
 
 import os
-import socket
 
+from actors.protocol.host_facts import bind_error
 from supervisor.config.load import is_local
 from supervisor.config.spec import ClusterSpec
 from supervisor.doctor.needs import host_needs
@@ -36,17 +36,3 @@ def preflight_problems(spec: ClusterSpec) -> list[str]:
                 fix = port_fix(host.name, need.ip, need.port, need.group, error)
                 lines.append(f"node {host.name}: {need.ip}:{need.port} {error}; {fix}")
     return lines
-
-
-def bind_error(ip: str, port: int) -> str:
-    """Why a rank could not listen on ``ip:port`` now ("" if it could); SO_REUSEADDR as the
-    ring backend binds (also ``actors.doctor.facts.port_facts``, on the hosts)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
-            sock.listen(1)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return ""
