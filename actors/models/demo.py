@@ -135,16 +135,10 @@ def build_tokenizer(corpus: list[str]):
 
 def model_config(size: str, tokenizer) -> dict:
     """The HF-style qwen2 config.json for a demo size."""
-    shape = DEMO_SIZES[size]
     ids = tokenizer.convert_tokens_to_ids
     return {
         "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": shape.hidden_size,
-        "num_hidden_layers": shape.num_hidden_layers,
-        "num_attention_heads": shape.num_attention_heads,
-        "num_key_value_heads": shape.num_key_value_heads,
-        "intermediate_size": shape.intermediate_size,
+        **DEMO_SIZES[size].config(),
         "hidden_act": "silu",
         "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
         "rms_norm_eps": 1e-6,

@@ -30,6 +30,17 @@ class DemoSize:
     num_key_value_heads: int
     intermediate_size: int
 
+    def config(self) -> dict:
+        """The qwen2 config.json keys this shape decides (the build adds the rest)."""
+        return {
+            "model_type": "qwen2",
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "intermediate_size": self.intermediate_size,
+        }
+
 
 DEMO_SIZES: dict[str, DemoSize] = {
     "tiny": DemoSize(64, 2, 4, 2, 192),

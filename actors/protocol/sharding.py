@@ -40,15 +40,9 @@ def model_facts(path: str | Path) -> ModelShape:
 
 def demo_facts(size: str) -> ModelShape:
     """The shape of a demo model, from its size alone: no build needed to check a split."""
-    shape = DEMO_SIZES[size]
     return facts_from_config(
         {
-            "model_type": "qwen2",
-            "hidden_size": shape.hidden_size,
-            "num_hidden_layers": shape.num_hidden_layers,
-            "num_attention_heads": shape.num_attention_heads,
-            "num_key_value_heads": shape.num_key_value_heads,
-            "intermediate_size": shape.intermediate_size,
+            **DEMO_SIZES[size].config(),
             "vocab_size": 128,  # the vocabulary does not decide a split
             "rms_norm_eps": 1e-6,
             "tie_word_embeddings": False,
