@@ -106,11 +106,7 @@ def message(code: int, answer: dict) -> str:
 def join_token(args: argparse.Namespace) -> int:
     """Print the `supervisor join ADDRESS --token T` line another machine runs."""
     url = base(args.url)
-    try:
-        key = admin_key(args, url)
-    except Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    key = admin_key(args, url)  # Refused: the CLI's dispatch says why, exit 2
     answer = ask("join-token", "GET", url + "/api/cluster/join-token", None, key, 10)
     if isinstance(answer, int):
         return answer
@@ -128,11 +124,7 @@ def join_token(args: argparse.Namespace) -> int:
 def stop_over_http(args: argparse.Namespace) -> int:
     """POST /api/cluster/stop, then wait until the API stops answering."""
     url = base(args.url)
-    try:
-        key = admin_key(args, url)
-    except Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    key = admin_key(args, url)  # Refused: the CLI's dispatch says why, exit 2
     if key is None:
         print(
             f"supervisor: stopping the supervisor at {url} needs its admin key; pass "

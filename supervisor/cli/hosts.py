@@ -10,7 +10,7 @@ import sys
 import urllib.parse
 
 from supervisor.cli import admin as cli_admin
-from supervisor.cli.admin import DEFAULT_URL, Refused, add_admin_key, admin_key, base, call
+from supervisor.cli.admin import DEFAULT_URL, add_admin_key, admin_key, base, call
 
 COMMANDS = ("add-host", "join", "remove-host", "join-token")
 
@@ -53,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "join-token":
         return cli_admin.join_token(args)
     url = base(args.address if args.command == "join" else args.url)
-    try:
-        key = args.token if args.command == "join" else admin_key(args, url)
-    except Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return cli_admin.EXIT_REFUSED
+    key = args.token if args.command == "join" else admin_key(args, url)
     if args.command == "join" and not key:
         print(
             "supervisor: join needs --token; run `supervisor join-token` on the supervisor's "

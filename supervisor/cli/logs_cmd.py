@@ -65,11 +65,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url = cli_admin.base(args.url)
-    try:
-        key = cli_admin.admin_key(args, url) or args.api_key or os.environ.get(API_KEY_ENV)
-    except cli_admin.Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    key = cli_admin.admin_key(args, url) or args.api_key or os.environ.get(API_KEY_ENV)
     limit = args.lines or (DEFAULT_FOLLOW_LINES if args.follow else DEFAULT_LINES)
     query = {"n": limit, "actor": args.actor, "node": args.node, "request": args.request}
     query |= {"level": args.level, "follow": "true" if args.follow else None}

@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "start":
         return _start(args)
+    try:
+        return _dispatch(args)
+    except cli_admin.Refused as exc:  # no usable key for what the command must send
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return cli_admin.EXIT_REFUSED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command in cli_membership.COMMANDS:
         return cli_membership.run(args)
     if args.command == "stop":

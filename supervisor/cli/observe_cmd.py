@@ -20,7 +20,7 @@ from rich.text import Text
 
 from supervisor.cli import admin as cli_admin
 from supervisor.cli import render
-from supervisor.cli.admin import DEFAULT_URL, EXIT_REFUSED, Refused
+from supervisor.cli.admin import DEFAULT_URL, EXIT_REFUSED
 
 COMMANDS = ("status", "nodes", "monitor")
 REQUEST_TIMEOUT = 5.0  # seconds one status request may take before the server counts as lost
@@ -60,11 +60,7 @@ def _interval(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     url = cli_admin.base(args.url)
-    try:
-        key = cli_admin.admin_key(args, url) or args.api_key
-    except Refused as exc:
-        print(f"supervisor: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    key = cli_admin.admin_key(args, url) or args.api_key
     if args.command == "monitor":
         return _monitor(args, url, key)
     status = cli_admin.ask(
