@@ -14,7 +14,7 @@ from supervisor.state.events import (
     NodeDeclared,
     NodeHealth,
 )
-from supervisor.state.nodes import node_health
+from supervisor.state.folds.nodes import node_health
 
 GB = 1 << 30
 

@@ -20,7 +20,7 @@ from supervisor.serving.router import (
     parse_chip,
     session_key,
 )
-from supervisor.state.router_stats import RouterStats, percentile
+from supervisor.state.folds.router_stats import RouterStats, percentile
 
 M = "model-a"
 NOW = 1000.0

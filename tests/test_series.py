@@ -19,7 +19,7 @@ from supervisor.state.events import (
     Tick,
     TokensDelivered,
 )
-from supervisor.state.series import STEP, WINDOWS
+from supervisor.state.folds.series import STEP, WINDOWS
 
 GB = 1 << 30
 

@@ -43,7 +43,7 @@ from supervisor.state.events import (
     TokensDelivered,
 )
 from supervisor.state.feed import Snapshot
-from supervisor.state.history import ErrorRecord
+from supervisor.state.folds.history import ErrorRecord
 
 
 class Clock:

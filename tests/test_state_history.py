@@ -24,8 +24,8 @@ from supervisor.state.events import (
     SupervisorStarted,
     TokensDelivered,
 )
-from supervisor.state.history import ErrorRecord, RequestRecord
-from supervisor.state.metrics import TTFT_BUCKETS, Histogram
+from supervisor.state.folds.history import ErrorRecord, RequestRecord
+from supervisor.state.folds.metrics import TTFT_BUCKETS, Histogram
 
 WALL = 1_700_000_000.0
 

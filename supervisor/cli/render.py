@@ -2,7 +2,7 @@
 
 Pure functions from the body (a dict) to rich renderables: the commands fetch and print,
 these only draw. A node's memory colour is the state's own health rule
-(``supervisor.state.nodes.node_health``: green < 70 % used, yellow from 70 % or pressure
+(``supervisor.state.folds.nodes.node_health``: green < 70 % used, yellow from 70 % or pressure
 "warn", red from 85 % or pressure "critical"), so the bar and the node's health never differ.
 """
 
@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.state.nodes import node_health
+from supervisor.state.folds.nodes import node_health
 
 HEALTH_STYLE = {"ok": "green", "warning": "yellow", "critical": "red"}
 STATE_STYLE = {

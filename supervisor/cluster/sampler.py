@@ -10,7 +10,7 @@ import contextlib
 
 from supervisor.state import ClusterState
 from supervisor.state.events import Tick
-from supervisor.state.series import STEP
+from supervisor.state.folds.series import STEP
 
 
 class Sampler:

@@ -23,8 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from supervisor.state import ClusterState
-from supervisor.state.metrics import Histogram, ModelFigures
-from supervisor.state.nodes import mem_used
+from supervisor.state.folds.metrics import Histogram, ModelFigures
+from supervisor.state.folds.nodes import mem_used
 
 STATUSES = ("ok", "error", "cancelled")  # shown at 0 before the first, so rate() starts at once
 FINISHED_REASONS = ("stop", "length", "abort")  # vLLM's, likewise

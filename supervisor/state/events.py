@@ -43,7 +43,7 @@ class NodeRemoved(_Event, frozen=True):
 
 
 class NodeHealth(_Event, frozen=True):
-    """The node's memory health changed (``supervisor.state.nodes.node_health``)."""
+    """The node's memory health changed (``supervisor.state.folds.nodes.node_health``)."""
 
     node: str
     health: NodeHealthName

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from msgspec import to_builtins
 
-from supervisor.state.nodes import memory_reporter, node_json, rank_memory
-from supervisor.state.series import MEMORY, unit_of
+from supervisor.state.folds.nodes import memory_reporter, node_json, rank_memory
+from supervisor.state.folds.series import MEMORY, unit_of
 from supervisor.state.views import actor_json, group_json, supervisor_json
 
 HISTORY_TAIL = 20  # requests the snapshot carries

@@ -59,15 +59,15 @@ from supervisor.state.feed import (
     EventLog,
     Subscription,
 )
-from supervisor.state.health import health
-from supervisor.state.history import ErrorRecord, RequestRecord, Ring, error_kind, newest_requests
-from supervisor.state.links import Links
-from supervisor.state.metrics import RequestMetrics
-from supervisor.state.nodes import health_change, mem_used
+from supervisor.state.folds import history as records
+from supervisor.state.folds.health import health
+from supervisor.state.folds.links import Links
+from supervisor.state.folds.metrics import RequestMetrics
+from supervisor.state.folds.nodes import health_change, mem_used
+from supervisor.state.folds.request_fold import RequestFold
+from supervisor.state.folds.router_stats import RouterStats
+from supervisor.state.folds.series import MEMORY, Series
 from supervisor.state.reads import live_figures, series_points, snapshot
-from supervisor.state.request_fold import RequestFold
-from supervisor.state.router_stats import RouterStats
-from supervisor.state.series import MEMORY, Series
 from supervisor.state.views import (
     ActorView,
     Admission,
@@ -102,8 +102,8 @@ class ClusterState(RequestFold):
         self.supervisors: dict[str, SupervisorView] = {}
         self.running: dict[str, RequestView] = {}  # placed, in flight
         self.admitted: dict[str, Admission] = {}  # admitted, waiting to be placed
-        self._request_log: Ring[RequestRecord] = Ring(history.requests)
-        self._error_log: Ring[ErrorRecord] = Ring(history.errors)
+        self._request_log: records.Ring[records.RequestRecord] = records.Ring(history.requests)
+        self._error_log: records.Ring[records.ErrorRecord] = records.Ring(history.errors)
         self.links = Links(self._error)  # the live link probe's figures (state.links)
         self.metrics = RequestMetrics()
         self.series = Series(clock())
@@ -198,7 +198,7 @@ class ClusterState(RequestFold):
                 reaped = state == "killed" and self.actors[actor_id].state == "exited"
                 self._actor(actor_id, state=state, reason=reason)
                 if state in ("exited", "killed", "failed") and reason and not reaped:
-                    self._actor_error(error_kind(state, cause), actor_id, reason)
+                    self._actor_error(records.error_kind(state, cause), actor_id, reason)
             case ActorRestarted(actor_id):
                 actor = self.actors[actor_id]
                 self._actor(actor_id, restarts=actor.restarts + 1)
@@ -277,7 +277,7 @@ class ClusterState(RequestFold):
         self._error(kind, message, node=node, group=group, actor=actor_id)
 
     def _error(self, kind: str, message: str, **where) -> None:
-        self._error_log.add(ErrorRecord(self._wall(), kind, message, **where))
+        self._error_log.add(records.ErrorRecord(self._wall(), kind, message, **where))
 
     def _gauges(self) -> dict[str, float]:
         """What a tick reads now: the queue, the requests in flight, each node's memory."""
@@ -368,11 +368,11 @@ class ClusterState(RequestFold):
 
     def requests(
         self, limit: int = 100, status: str | None = None, model: str | None = None
-    ) -> list[RequestRecord]:
+    ) -> list[records.RequestRecord]:
         """The last finished requests, newest first, of ``status`` / ``model`` if given."""
-        return newest_requests(self._request_log, limit, status, model)
+        return records.newest_requests(self._request_log, limit, status, model)
 
-    def errors(self, limit: int = 100) -> list[ErrorRecord]:
+    def errors(self, limit: int = 100) -> list[records.ErrorRecord]:
         """The last errors, newest first."""
         return list(itertools.islice(self._error_log.newest(), max(0, limit)))
 

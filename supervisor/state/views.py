@@ -73,7 +73,7 @@ class GroupView(msgspec.Struct, frozen=True):
 
 
 class LinkView(msgspec.Struct, frozen=True):
-    """A link of a group as its live probe last measured it (``supervisor.state.links``).
+    """A link of a group as its live probe last measured it (``supervisor.state.folds.links``).
 
     Figures in µs and GB/s (1e9 bytes); ``last_probe`` in unix seconds; the baselines are
     the first figures after the group was declared (kept across its restarts).

@@ -54,7 +54,7 @@ class ErrorRecord(msgspec.Struct, frozen=True):
     ``kind``: actor_exited, actor_killed, actor_failed, actor_error, heartbeat_lost,
     watchdog_kill, connection_lost, load_timeout, spawn_failed, restart, group_failed,
     node_down, node_unreachable, request_failed, request_refused, link_degraded, link_down,
-    link_active (a link's status changed: supervisor.state.links).
+    link_active (a link's status changed: supervisor.state.folds.links).
     """
 
     time: float  # unix seconds

@@ -19,10 +19,10 @@ from supervisor.state.events import (
     RequestRefused,
     RequestStarted,
 )
-from supervisor.state.history import ErrorRecord, RequestRecord, Ring, clip_prompt
-from supervisor.state.metrics import RequestMetrics
-from supervisor.state.router_stats import RouterStats
-from supervisor.state.series import Series
+from supervisor.state.folds.history import ErrorRecord, RequestRecord, Ring, clip_prompt
+from supervisor.state.folds.metrics import RequestMetrics
+from supervisor.state.folds.router_stats import RouterStats
+from supervisor.state.folds.series import Series
 from supervisor.state.views import Admission, GroupView, RequestView
 
 

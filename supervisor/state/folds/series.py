@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from supervisor.state.router_stats import percentile
+from supervisor.state.folds.router_stats import percentile
 
 STEP = 2.0  # seconds between ticks
 # window -> (ticks per point, points kept)
