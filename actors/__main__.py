@@ -6,7 +6,7 @@ import sys
 
 from actors.runtime.control import configure_logging, serve
 
-KINDS = ("generation", "memory", "probe", "fake_engine")
+KINDS = ("generation", "memory", "probe", "fake_engine", "sync")
 
 
 def _make_actor(kind: str):
@@ -26,6 +26,10 @@ def _make_actor(kind: str):
         from actors.fake.engine import FakeEngineActor
 
         return FakeEngineActor()
+    if kind == "sync":
+        from actors.sync.actor import SyncActor
+
+        return SyncActor()
     raise SystemExit(f"actors: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 

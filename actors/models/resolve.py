@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,9 +43,15 @@ def _resolve_demo(spec: str, progress: Progress | None) -> Path:
 
 
 def _download(repo_id: str, progress: Progress | None) -> Path:
-    """Fetch an MLX checkpoint from the Hugging Face Hub, or raise ``ModelUnavailable``."""
+    """Fetch an MLX checkpoint from the Hugging Face Hub, or raise ``ModelUnavailable``.
+
+    A complete snapshot already in the cache (the ``sync`` actor put it there) is used as is:
+    no Hub call, so a node serves a synced model with the Hub out of reach."""
     from huggingface_hub import snapshot_download
 
+    cached = _complete_local_snapshot(repo_id)
+    if cached is not None:
+        return cached
     if progress:
         progress("download", 0.0)
     try:
@@ -57,12 +64,39 @@ def _download(repo_id: str, progress: Progress | None) -> Path:
             )
         )
     except Exception as error:  # every failure, whatever its kind, becomes one line for the user
-        raise _unavailable(repo_id, _short_reason(error)) from error
+        raise _unavailable(repo_id, short_reason(error)) from error
     if not (path / "config.json").is_file():
         raise _unavailable(repo_id, "the repository has no config.json")
     if progress:
         progress("download", 1.0)
     return path
+
+
+def _complete_local_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot of ``repo_id`` when it holds config.json and every weight file."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(
+            snapshot_download(repo_id, allow_patterns=MLX_MODEL_PATTERNS, local_files_only=True)
+        )
+    except Exception:  # not cached (or not a repo id): the network path decides and explains
+        return None
+    return path if _has_weights(path) else None
+
+
+def _has_weights(path: Path) -> bool:
+    """config.json and the weights: those the index names, else some model*.safetensors."""
+    if not (path / "config.json").is_file():
+        return False
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            return False
+        return bool(names) and all((path / name).is_file() for name in names)
+    return any(path.glob("model*.safetensors"))
 
 
 def _hub_offline() -> bool:
@@ -78,7 +112,7 @@ def _unavailable(repo_id: str, reason: str) -> ModelUnavailable:
     )
 
 
-def _short_reason(error: Exception) -> str:
+def short_reason(error: Exception) -> str:
     """A few words on why a Hub download failed, never a multi-line traceback text."""
     from huggingface_hub import errors
 

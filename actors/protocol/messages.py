@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from actors.protocol.model_messages import SYNC_REPLIES, SyncAsk, SyncReply
+
 PROTOCOL_VERSION = 1
 
 ActorKind = Literal["generation", "memory", "probe", "sync", "fake_engine"]
@@ -356,6 +358,8 @@ Message = (
     | GenerationFailed
     | ProbeReport
     | LinkProbe
+    | SyncAsk
+    | SyncReply
 )
 
 CONFIG_ENV = "MLXS_ACTOR_CONFIG"
@@ -382,7 +386,8 @@ class Route(msgspec.Struct, frozen=True):
 
 
 _route_decoder = msgspec.msgpack.Decoder(Route)
-STREAM_EVENTS = frozenset({"TokenDelta", "Finished", "GenerationFailed"})
+# Routed by request_id to whoever asked: generation events, and a sync actor's replies.
+STREAM_EVENTS = frozenset({"TokenDelta", "Finished", "GenerationFailed"}) | SYNC_REPLIES
 
 
 def route(data: bytes) -> Route:

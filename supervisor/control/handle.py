@@ -20,6 +20,7 @@ from actors.protocol.messages import (
     decode,
     route,
 )
+from actors.protocol.model_messages import SYNC_TERMINAL, SyncAsk, SyncFailed, SyncReply
 from actors.protocol.transport import FrameError, read_body, write_message
 
 log = structlog.get_logger()
@@ -147,6 +148,29 @@ class ActorHandle:
                     await self.tell(Cancel(request_id=rid))
                 except ActorGone:
                     pass
+
+    async def exchange(self, ask: SyncAsk) -> AsyncIterator[SyncReply]:
+        """Send a sync actor ``ask``; yield its progress, then its one terminal reply.
+
+        An actor lost meanwhile ends the exchange with a ``SyncFailed`` saying so.
+        """
+        rid = ask.request_id
+        inbox = _Inbox()
+        self._streams[rid] = inbox
+        try:
+            await self.tell(ask)
+            while True:
+                event: Message = await inbox.get()
+                if isinstance(event, GenerationFailed):  # lost: _fail_all's words
+                    yield SyncFailed(rid, event.message.replace("generation actor", "actor"))
+                    return
+                yield event  # type: ignore[misc]  # routed by request_id: a SyncReply
+                if type(event).__name__ in SYNC_TERMINAL:
+                    return
+        except ActorGone:
+            yield SyncFailed(rid, f"actor {self.actor_id} was lost (connection closed)")
+        finally:
+            self._streams.pop(rid, None)
 
     @property
     def streams_open(self) -> int:
