@@ -120,6 +120,10 @@ def _sshd_config(tmp: Path, port: int, host_key: Path) -> Path:
         "StrictModes no\n"
         "UsePAM no\n"
         "PrintMotd no\n"
+        "Subsystem sftp internal-sftp\n"  # model transfers and bootstrap copy files over SFTP
+        # Several test "nodes" share one server and so one pooled connection: their actors'
+        # sessions and the files in flight add up past OpenSSH's default of 10.
+        "MaxSessions 64\n"
         "LogLevel VERBOSE\n"
     )
     return config

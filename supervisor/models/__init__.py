@@ -1,0 +1,1 @@
+"""Models on the cluster: downloads, inventory, transfers between nodes and swaps."""
