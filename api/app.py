@@ -16,14 +16,23 @@ from litestar.types import ControllerRouterHandler, LifespanHook
 from api.dashboard.routes import dashboard_routes
 from api.edge.error_shape import ERROR_RESPONSES
 from api.edge.errors import handle_exception
-from api.edge.guards import HostCheck, Keys, inference_guards, is_admin
+from api.edge.guards import (
+    HostCheck,
+    Keys,
+    inference_guards,
+    is_admin,
+    json_body_only,
+    require_admin,
+)
 from api.edge.redaction import redact, ssh_users
+from api.models.ollama import ollama_model_routes
+from api.models.routes import model_admin_routes, model_read_routes
 from api.observe.history import history_routes
 from api.observe.logs import logs_routes
 from api.observe.metrics import metrics_routes
 from api.ollama.routes import ollama_root, ollama_root_head, ollama_router
 from api.openai.routes import openai_router
-from supervisor.serving.contract import GenerationService, Observer
+from supervisor.serving.contract import GenerationService, ModelAdmin, Observer
 
 StatusSource = Callable[[], Any]  # returns a dict (or an awaitable of one)
 HealthSource = Callable[[], Any]  # returns (status code, dict) (or an awaitable of it)
@@ -50,6 +59,8 @@ def create_app(
     admin_route_handlers: Sequence[ControllerRouterHandler] = (),
     max_body_bytes: int = 8 * 1024 * 1024,
     observer: Observer | None = None,
+    model_admin: ModelAdmin | None = None,
+    pull_with_inference_key: bool = False,
 ) -> Litestar:
     """Build the HTTP app over ``service``.
 
@@ -67,6 +78,10 @@ def create_app(
     origins allowed; none, CORS stays off. ``warnings`` are shown in the status.
     ``observer``: metrics (``/metrics``), history, time series, the live feed and logs
     (``/api/cluster/...``), behind the inference key like the status.
+    ``model_admin``: models on the nodes' disks (``/api/cluster/models...``, a group's model
+    swap, Ollama's ``/api/pull`` and ``/api/delete``, downloaded models in ``/api/tags``);
+    changes need the admin key, except a pull with the inference key when
+    ``pull_with_inference_key`` (the hostfile's ``models.pull_with_inference_key``).
     """
     keys = keys or Keys(admin=secrets.token_urlsafe(32), api=api_key)  # nobody is admin
     guards = inference_guards(keys)
@@ -103,10 +118,19 @@ def create_app(
     observed = (
         [*history_routes(observer, keys), *logs_routes(observer, shown_to)] if observer else []
     )
+    admin_only = [require_admin(keys), json_body_only]
+    models_read, models_admin, ollama_models = [], [], []
+    if model_admin is not None:
+        models_read = model_read_routes(model_admin, shown_to, guards)
+        models_admin = model_admin_routes(model_admin, admin_only)
+        pull_guards = [json_body_only] if pull_with_inference_key else admin_only
+        ollama_models = ollama_model_routes(
+            model_admin, shown_to, pull_guards=pull_guards, delete_guards=admin_only
+        )
     api = Router("/api", route_handlers=[cluster_status, *observed], guards=guards)
     scrape = metrics_routes(observer) if observer else []
     scraped = [Router("/", route_handlers=scrape, guards=guards)] if scrape else []
-    admin = Router("/api", route_handlers=list(admin_route_handlers))
+    admin = Router("/api", route_handlers=[*admin_route_handlers, *models_read, *models_admin])
     cors = None
     if cors_origins:
         cors = CORSConfig(
@@ -117,7 +141,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             openai_router(service, guards),
-            ollama_router(service, guards),
+            ollama_router(service, guards, model_admin, ollama_models),
             api,
             admin,
             health_check,

@@ -25,6 +25,10 @@ from supervisor.state.events import (
     GroupState,
     LinkDown,
     LinkMeasured,
+    ModelJobEnded,
+    ModelJobProgress,
+    ModelJobStarted,
+    ModelsScanned,
     NodeDeclared,
     NodeHealth,
     NodeRemoved,
@@ -74,6 +78,7 @@ def test_every_event_type_is_applied_by_a_test_here():
         RequestAdmitted, RequestRefused, RequestStarted, TokensDelivered, RequestMoved,
         RequestEnded, RouterDeclared, RouteDecided, DrainStarted, NodeHealth, Tick,
         LinkMeasured, LinkDown,  # tested in test_link_probe_live.py, with their fold
+        ModelJobStarted, ModelJobProgress, ModelJobEnded, ModelsScanned,  # test_models_state.py
     }  # fmt: skip
     assert covered == set(get_args(Event))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from api.ollama.protocol import (
     ListedModel,
@@ -38,19 +39,29 @@ def details() -> ModelDetails:
     )
 
 
-def tags(models: list[ModelInfo]) -> TagsResponse:
-    return TagsResponse(
-        [
-            ListedModel(
-                name=m.id,
-                model=m.id,
-                modified_at=rfc3339(m.created),
-                size=0,
-                digest=digest(m.id),
-                details=details(),
-            )
-            for m in models
-        ]
+def tags(models: list[ModelInfo], downloaded: Sequence[dict] = ()) -> TagsResponse:
+    """Served models, then models complete on some node's disk that none serves.
+
+    ``downloaded``: the ``models`` of ``ModelAdmin.models()``; a served model found there
+    takes its size, time and details from the disk.
+    """
+    on_disk = {d["id"]: d for d in downloaded if d.get("complete_nodes", 0) > 0}
+    listed = [
+        _listed(m.id, m.created, on_disk.pop(m.id))
+        if m.id in on_disk
+        else ListedModel(m.id, m.id, rfc3339(m.created), 0, digest(m.id), details())
+        for m in models
+    ]
+    return TagsResponse(listed + [_listed(d["id"], 0.0, d) for d in on_disk.values()])
+
+
+def _listed(model_id: str, created: float, disk: dict) -> ListedModel:
+    known = details()
+    known.family = disk.get("architecture") or ""
+    known.quantization_level = disk.get("quantization") or ""
+    modified = disk.get("modified") or created
+    return ListedModel(
+        model_id, model_id, rfc3339(modified), int(disk.get("size", 0)), digest(model_id), known
     )
 
 

@@ -15,7 +15,7 @@ from litestar import MediaType, Request, Response, Router, get, head, post
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Redirect
-from litestar.types import Guard
+from litestar.types import ControllerRouterHandler, Guard
 
 from actors.protocol.messages import GenerationEvent
 from api.edge.choices import ChoiceResult
@@ -44,6 +44,7 @@ from supervisor.serving.contract import (
     BadRequest,
     GenerationService,
     GenerationStream,
+    ModelAdmin,
     ModelInfo,
     ModelNotFound,
     ServiceError,
@@ -82,8 +83,17 @@ def ollama_exception_handler(request: Request, exc: Exception) -> Response:
     return as_ollama_error(handle_exception(request, exc))
 
 
-def ollama_router(service: GenerationService, guards: Sequence[Guard] = ()) -> Router:
-    """The /api endpoints Ollama clients use, bound to ``service``."""
+def ollama_router(
+    service: GenerationService,
+    guards: Sequence[Guard] = (),
+    admin: ModelAdmin | None = None,
+    model_routes: Sequence[ControllerRouterHandler] = (),
+) -> Router:
+    """The /api endpoints Ollama clients use, bound to ``service``.
+
+    ``admin``: models on the nodes' disks join ``/api/tags``; ``model_routes`` (Ollama's
+    ``/pull`` and ``/delete``, api/models/ollama.py) replace the refusal to pull.
+    """
 
     @post(
         "/chat",
@@ -107,9 +117,10 @@ def ollama_router(service: GenerationService, guards: Sequence[Guard] = ()) -> R
     ) -> Response[GenerateResponse]:
         return await _generate(request, service, data, chat=False)
 
-    @get("/tags", summary="Models served here", responses=DENIED)
+    @get("/tags", summary="Models served here and models on the nodes' disks", responses=DENIED)
     async def list_tags() -> TagsResponse:
-        return tags(service.list_models())
+        downloaded = (await admin.models())["models"] if admin is not None else []
+        return tags(service.list_models(), downloaded)
 
     @post(
         "/show",
@@ -142,7 +153,10 @@ def ollama_router(service: GenerationService, guards: Sequence[Guard] = ()) -> R
 
     return Router(
         "/api",
-        route_handlers=[chat, generate, list_tags, show_model, list_running, version, pull],
+        route_handlers=[
+            *[chat, generate, list_tags, show_model, list_running, version],
+            *(model_routes or [pull]),
+        ],
         guards=list(guards),
         tags=["ollama"],
         exception_handlers={Exception: ollama_exception_handler},

@@ -14,9 +14,11 @@ from pathlib import Path
 import structlog
 
 from supervisor.cli import admin as cli_admin
+from supervisor.cli import bootstrap as cli_bootstrap
 from supervisor.cli import doctor_cmd as cli_doctor
 from supervisor.cli import hosts as cli_membership
 from supervisor.cli import logs_cmd as cli_logs
+from supervisor.cli import models_cmd as cli_models
 from supervisor.cli import observe_cmd as cli_observe
 from supervisor.cli import rdma_test as cli_rdma_test
 from supervisor.config.load import HostfileError, apply_overrides, load_hostfile
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_membership.add_parsers(sub)
     cli_rdma_test.add_parser(sub)
     cli_doctor.add_parser(sub)
+    cli_bootstrap.add_parser(sub)
+    cli_models.add_parsers(sub)  # download, models, rm-model, swap
     return parser
 
 
@@ -97,6 +101,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cli_rdma_test.run(args)
     if args.command == cli_doctor.COMMAND:
         return cli_doctor.run(args)
+    if args.command == cli_bootstrap.COMMAND:
+        return cli_bootstrap.run(args)
+    if args.command in cli_models.COMMANDS:
+        return cli_models.run(args)
     raise AssertionError(f"no handler for command {args.command!r}")  # argparse allows none
 
 
@@ -210,12 +218,14 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, r
     from supervisor.cli.http_server import make_server
     from supervisor.cluster.cluster import Cluster
     from supervisor.cluster.membership import ClusterMembership
+    from supervisor.models.manager import ModelManager
     from supervisor.observe.observer import ClusterObserver
 
     log = structlog.get_logger()
     cluster = Cluster(spec)
     await cluster.start()
     membership = ClusterMembership(cluster, unreachable_grace=spec.membership.unreachable_grace)
+    models = ModelManager(cluster, spec.models, drain_timeout)
     watch = asyncio.create_task(membership.watch_unreachable())
     stop, now = asyncio.Event(), asyncio.Event()  # first signal: drain; second: stop now
     received: list[str] = []
@@ -239,6 +249,8 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, r
         ],
         max_body_bytes=spec.api.max_body_bytes,
         observer=ClusterObserver(cluster.state, log_ring=ring),
+        model_admin=models,
+        pull_with_inference_key=spec.models.pull_with_inference_key,
     )
     server = make_server(app, spec.api, lambda code, text: encoder.encode(error_body(code, text)))
     loop = asyncio.get_running_loop()
@@ -268,6 +280,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, r
     await _unless(now, serving)
     watch.cancel()
     await _unless(now, membership.close())  # removals of unreachable joined nodes under way
+    await _unless(now, models.close())  # model jobs under way end (reported failed)
     await _unless(now, cluster.stop())
     if now.is_set():
         await cluster.stop(grace=0)  # what is left is killed by PID, without the grace

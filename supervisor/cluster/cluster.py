@@ -73,7 +73,9 @@ class Cluster:
         self, spec: ClusterSpec, *, spawner_for: Callable[[HostSpec], Spawner] | None = None
     ):
         self.spec = spec
-        self.state = ClusterState(history=spec.history, queue_limit=spec.queue_limit)
+        self.state = ClusterState(
+            history=spec.history, queue_limit=spec.queue_limit, model_jobs=spec.models.jobs_kept
+        )
         self._sampler = Sampler(self.state)  # the time series' beat, while the cluster runs
         self._token = secrets.token_urlsafe(32)
         r = spec.restart
@@ -156,6 +158,7 @@ class Cluster:
         for node in self.spec.nodes:
             self.state.apply(NodeDeclared(node_name(node), node.ssh, is_local(node)))
             self._add(self._memory_supervisor(node, port))
+            self._add(self._sync_supervisor(node, port))
         for group in self.spec.groups:
             sup = self._group_supervisor(group, port)
             self.groups.append(GenerationGroup(group, sup))
@@ -173,6 +176,7 @@ class Cluster:
         """A node joining at run time: declare it and start its memory reporter."""
         self.state.apply(NodeDeclared(node_name(host), host.ssh, is_local(host)))
         self._add(self._memory_supervisor(host, self._port))
+        self._add(self._sync_supervisor(host, self._port))
 
     def add_group(self, group: GroupSpec) -> None:
         """A group joining at run time; the others are not touched."""
@@ -191,7 +195,7 @@ class Cluster:
         self.state.apply(GroupRemoved(group.name))
 
     async def remove_node(self, node: str) -> None:
-        for sup in [s for s in self.supervisors if s.name == f"{node}.memory"]:
+        for sup in [s for s in self.supervisors if s.name in (f"{node}.memory", f"{node}.sync")]:
             await self._retire(sup)
         self.state.apply(NodeRemoved(node))
 
@@ -215,7 +219,27 @@ class Cluster:
         )
 
     def _env(self, host: HostSpec) -> dict[str, str]:
-        return {**self.spec.envs, **host.env}
+        """The hostfile's envs, then the host's; ``models_dir``: where its hub cache is."""
+        models_dir = host.models_dir or self.spec.models_dir
+        cache = {"HF_HUB_CACHE": models_dir} if models_dir else {}
+        return {**self.spec.envs, **cache, **host.env}
+
+    def _sync_supervisor(self, host: HostSpec, port: int) -> ChildSupervisor:
+        """A node's sync actor (models on its disk), alone in its one_for_one set."""
+        node = node_name(host)
+        config = self._config(f"{node}.sync", "sync", host, port)
+        child = ChildSpec(config, self._spawner_for(host), env=self._env(host), python=host.python)
+        return self._child_supervisor(f"{node}.sync", [child], self._node_flags)
+
+    def sync_handle(self, node: str) -> ActorHandle | None:
+        """The live handle of ``node``'s sync actor, None while it is not connected."""
+        sup = next((s for s in self.supervisors if s.name == f"{node}.sync"), None)
+        return sup.handle(f"{node}.sync") if sup is not None else None
+
+    def connector(self, node: str):
+        """How the supervisor reaches ``node`` over SSH (an SSHConnector); None: local."""
+        spawner = self._remote.get(node)
+        return getattr(spawner, "connector", None)
 
     def _memory_supervisor(self, host: HostSpec, port: int) -> ChildSupervisor:
         node = node_name(host)

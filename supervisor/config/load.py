@@ -128,6 +128,8 @@ def _build_cluster(doc: ClusterFile, source: str) -> ClusterSpec:
         history=doc.history,
         logs=doc.logs,
         probe=doc.probe,
+        models=doc.models,
+        models_dir=doc.models_dir,
     )
 
 

@@ -44,6 +44,8 @@ class HostSpec(_Written):
     chip: str | None = None
     gpu_cores: Annotated[int, msgspec.Meta(ge=1)] | None = None
     memory_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # This node's huggingface_hub cache (HF_HUB_CACHE for its actors); None: the top level's.
+    models_dir: str | None = None
     comment: Comment = None
 
 
@@ -139,6 +141,18 @@ class ProbeSpec(_Written):
     comment: Comment = None
 
 
+class ModelsSpec(_Written):
+    """Model jobs: download once, send to the other nodes (``supervisor.models``)."""
+
+    jobs_kept: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50  # ended jobs shown
+    files_in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # per target, over SFTP
+    transfer_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # one read/write
+    scan_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a node's disk listing
+    download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 86400.0  # a whole hub download
+    pull_with_inference_key: bool = False  # Ollama /api/pull with the api_key, not admin
+    comment: Comment = None
+
+
 class GroupEntry(_Written):
     """A group as written: hosts inline or referenced by top-level index or name."""
 
@@ -184,6 +198,8 @@ class ClusterFile(_Written):
     history: HistorySpec = HistorySpec()
     logs: LogsSpec = LogsSpec()
     probe: ProbeSpec = ProbeSpec()
+    models: ModelsSpec = ModelsSpec()
+    models_dir: str | None = None  # every node's huggingface_hub cache, unless its own says
     groups: tuple[GroupEntry, ...] | None = None
     schema: str | None = msgspec.field(name="$schema", default=None)
     comment: Comment = None
@@ -243,3 +259,5 @@ class ClusterSpec(_Spec):
     history: HistorySpec = HistorySpec()
     logs: LogsSpec = LogsSpec()
     probe: ProbeSpec = ProbeSpec()
+    models: ModelsSpec = ModelsSpec()
+    models_dir: str | None = None

@@ -170,3 +170,52 @@ class Observer(Protocol):
     def follow_logs(self, where: LogFilter) -> AsyncIterator[dict]:
         """Log lines that match, as they are written."""
         ...
+
+
+# ------------------------------------------------------------------------------ models
+
+
+class ModelDownload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/cluster/models``: put ``model`` ("org/name[@revision]") on nodes.
+
+    ``nodes``: names, or None for every node (``group``: that group's nodes instead).
+    """
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    nodes: list[str] | None = None
+    group: str | None = None
+
+
+class GroupModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/cluster/groups/{name}/model``: serve ``model`` on that group instead."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class ModelAdmin(Protocol):
+    """Models on the nodes' disks (``supervisor.models``): list, download and sync, delete,
+    swap a group's model. Jobs are dicts shaped like ``state.folds.models.ModelJobView``."""
+
+    async def models(self) -> dict:
+        """``{"models": [...], "nodes": {...}, "jobs": [...]}``: every node's disk, scanned
+        now (a node that does not answer in time is shown with its last scan)."""
+        ...
+
+    def download(self, order: ModelDownload) -> dict:
+        """Start a download-and-sync job; its view at once. BadRequest / NotFound at once."""
+        ...
+
+    def job(self, job_id: str) -> dict | None: ...
+
+    def follow(self, job_id: str) -> AsyncIterator[dict]:
+        """The job's view each time it changes, the last one when it has ended."""
+        ...
+
+    async def delete(self, model: str, node: str | None) -> dict:
+        """Remove ``model`` from ``node`` (None: every node). Conflict if a group serves it."""
+        ...
+
+    def swap(self, group: str, order: GroupModel) -> dict:
+        """Start swapping ``group`` to ``order.model``: a job (sync, drain, restart).
+        NotFound / Conflict (it cannot fit, or a job runs on the group) at once."""
+        ...

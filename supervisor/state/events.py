@@ -10,9 +10,12 @@ from __future__ import annotations
 import msgspec
 
 from actors.protocol.messages import Vitals
+from actors.protocol.model_messages import LocalModel
 from supervisor.state.views import (
     ActorStateName,
     GroupStateName,
+    ModelAction,
+    ModelPhase,
     NodeHealthName,
     NodeStateName,
     RequestStatus,
@@ -264,6 +267,62 @@ class RouteDecided(_Event, frozen=True):
     sessions: int = 0
 
 
+# -------------------------------------------------------------------------- models
+
+
+class ModelJob(_Event, frozen=True):
+    """A model job's events (their base: ``case ModelJob()`` matches the three)."""
+
+
+class ModelJobStarted(ModelJob, frozen=True):
+    """A model job began: ``action`` on ``model`` for ``nodes`` (``supervisor.models``)."""
+
+    job_id: str
+    action: ModelAction
+    model: str
+    nodes: list[str]
+    at: float  # unix seconds
+    source: str = ""  # the node that downloads, and sends to the others
+    group: str = ""  # a swap's group
+
+
+class ModelJobProgress(ModelJob, frozen=True):
+    """One node of a job moved along: ``done`` of ``total`` bytes in ``phase``.
+
+    ``rate``: bytes/s over the phase so far; ``eta``: seconds left at that rate (None:
+    unknown); ``path``: how the bytes reach the node ("hub", "sftp", "mx.distributed", or ""
+    when nothing moves).
+    """
+
+    job_id: str
+    node: str
+    phase: ModelPhase
+    done: int = 0
+    total: int = 0
+    rate: float = 0.0
+    eta: float | None = None
+    path: str = ""
+    detail: str = ""
+
+
+class ModelJobEnded(ModelJob, frozen=True):
+    job_id: str
+    ok: bool
+    at: float
+    error: str = ""  # one line: what failed, on which node
+    moved_bytes: int = 0  # from the hub and between nodes
+
+
+class ModelsScanned(_Event, frozen=True):
+    """What a node's sync actor found on its disk (the registry is derived from these)."""
+
+    node: str
+    models_dir: str
+    free_bytes: int
+    models: list[LocalModel]
+    at: float
+
+
 # ------------------------------------------------------------------------- cluster
 
 
@@ -306,4 +365,8 @@ Event = (
     | RouteDecided
     | DrainStarted
     | Tick
+    | ModelJobStarted
+    | ModelJobProgress
+    | ModelJobEnded
+    | ModelsScanned
 )

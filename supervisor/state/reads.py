@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from msgspec import to_builtins
 
-from supervisor.state.folds.nodes import memory_reporter, node_json, rank_memory
+from supervisor.state.folds.nodes import mem_used, memory_reporter, node_json, rank_memory
 from supervisor.state.folds.series import MEMORY, unit_of
 from supervisor.state.views import actor_json, group_json, supervisor_json
 
@@ -41,6 +41,7 @@ def snapshot(state, now: float) -> dict:
         "history": [to_builtins(r) for r in state.requests(HISTORY_TAIL)],
         "memory": _memory(nodes, actors),
         "links": state.links.json(),  # the live link probe's figures (state.links)
+        "model_jobs": state.models.jobs_json(),  # newest first (state.models)
         "nodes": nodes,
         "actors": actors,
         "groups": [
@@ -118,3 +119,12 @@ def _memory(nodes: list[dict], actors: list[dict]) -> dict:
             if a["kind"] != "memory"
         },
     }
+
+
+def gauges(state) -> dict[str, float]:
+    """What a tick reads now: the queue, the requests in flight, each node's memory."""
+    out = {"queue_depth": float(state.waiting), "in_flight": float(len(state.running))}
+    for actor in state.actors.values():
+        if actor.kind == "memory" and actor.vitals.mem_total:
+            out[MEMORY + actor.node] = float(mem_used(actor.vitals))
+    return out

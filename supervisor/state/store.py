@@ -2,9 +2,8 @@
 
 ``apply`` folds one event into the views (replacing them: they are frozen), numbers it,
 hands it to subscribers, and wakes whoever waits for a condition on the state. Readers
-(the router, /health, /api/cluster/status, /metrics, the supervisors themselves) read the
-views, the links (``links``), the request history and errors (``history``), the counters
-and histograms (``metrics``) and the time series (``series``); nobody keeps a copy.
+(the router, /health, /metrics, the supervisors) read the views, ``links``, ``models``, the
+request history and errors, ``metrics`` and ``series``; nobody keeps a copy.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ from supervisor.state.events import (
     GroupState,
     LinkDown,
     LinkMeasured,
+    ModelJob,
+    ModelsScanned,
     NodeDeclared,
     NodeHealth,
     NodeRemoved,
@@ -63,11 +64,12 @@ from supervisor.state.folds import history as records
 from supervisor.state.folds.health import health
 from supervisor.state.folds.links import Links
 from supervisor.state.folds.metrics import RequestMetrics
-from supervisor.state.folds.nodes import health_change, mem_used
+from supervisor.state.folds.models import JOBS_KEPT, Models
+from supervisor.state.folds.nodes import health_change
 from supervisor.state.folds.request_fold import RequestFold
 from supervisor.state.folds.router_stats import RouterStats
 from supervisor.state.folds.series import MEMORY, Series
-from supervisor.state.reads import live_figures, series_points, snapshot
+from supervisor.state.reads import gauges, live_figures, series_points, snapshot
 from supervisor.state.views import (
     ActorView,
     Admission,
@@ -89,6 +91,7 @@ class ClusterState(RequestFold):
         subscriber_queue: int = SUBSCRIBER_QUEUE,
         history: HistorySpec | None = None,
         queue_limit: int = 0,
+        model_jobs: int = JOBS_KEPT,
     ):
         history = history or HistorySpec()
         self._clock = clock
@@ -105,6 +108,7 @@ class ClusterState(RequestFold):
         self._request_log: records.Ring[records.RequestRecord] = records.Ring(history.requests)
         self._error_log: records.Ring[records.ErrorRecord] = records.Ring(history.errors)
         self.links = Links(self._error)  # the live link probe's figures (state.links)
+        self.models = Models(model_jobs)  # each node's disk, the model jobs (state.models)
         self.metrics = RequestMetrics()
         self.series = Series(clock())
         self.requests_total = 0  # placed on a group
@@ -130,6 +134,7 @@ class ClusterState(RequestFold):
         """
         self._fold(event)
         self.links.fold(event)
+        self.models.fold(event)
         number = self._log.append(event)
         for subscriber in list(self._subscribers):
             subscriber.push(number, event)
@@ -166,8 +171,8 @@ class ClusterState(RequestFold):
             case GroupRemoved(group):
                 self.groups.pop(group, None)
                 self._drop_actors(lambda a: a.group == group)
-            case LinkMeasured() | LinkDown():
-                pass  # self.links folds them
+            case LinkMeasured() | LinkDown() | ModelJob() | ModelsScanned():
+                pass  # self.links and self.models fold them
             case SupervisorStarted(name, group, intensity, period):
                 old = self.supervisors.get(name)
                 history = (old.restarts, old.restart_times) if old else (0, ())
@@ -222,7 +227,7 @@ class ClusterState(RequestFold):
             case DrainStarted():
                 self.draining = True
             case Tick():
-                self.series.tick(self._clock(), self._wall(), self._gauges())
+                self.series.tick(self._clock(), self._wall(), gauges(self))
             case _:
                 assert_never(event)
 
@@ -278,14 +283,6 @@ class ClusterState(RequestFold):
 
     def _error(self, kind: str, message: str, **where) -> None:
         self._error_log.add(records.ErrorRecord(self._wall(), kind, message, **where))
-
-    def _gauges(self) -> dict[str, float]:
-        """What a tick reads now: the queue, the requests in flight, each node's memory."""
-        out = {"queue_depth": float(self.waiting), "in_flight": float(len(self.running))}
-        for actor in self.actors.values():
-            if actor.kind == "memory" and actor.vitals.mem_total:
-                out[MEMORY + actor.node] = float(mem_used(actor.vitals))
-        return out
 
     def _heartbeat(self, actor_id: str, vitals: Vitals) -> None:
         view = self.actors.get(actor_id)

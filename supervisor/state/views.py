@@ -20,6 +20,20 @@ GroupStateName = Literal["starting", "ready", "restarting", "waiting", "failed",
 NodeHealthName = Literal["ok", "warning", "critical"]
 RequestStatus = Literal["ok", "error", "cancelled"]
 LinkStatus = Literal["active", "degraded", "down"]
+ModelAction = Literal["download", "delete", "swap"]
+ModelPhase = Literal[
+    "queued",
+    "download",
+    "hash",
+    "verify",
+    "transfer",
+    "commit",
+    "delete",
+    "drain",
+    "load",
+    "done",
+    "failed",
+]
 
 
 class NodeView(msgspec.Struct, frozen=True):

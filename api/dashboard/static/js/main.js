@@ -3,7 +3,8 @@ import { follow, getJSON, keys, send } from "./api.js";
 import { Charts } from "./charts.js";
 import { Chat } from "./chat.js";
 import { ClusterModel } from "./model.js";
-import { renderGroups, renderModels, renderNodes, renderOverview } from "./panels.js";
+import { ModelsPanel } from "./models.js";
+import { renderGroups, renderNodes, renderOverview } from "./panels.js";
 import { renderErrors, renderHistory } from "./tables.js";
 import { renderTopology } from "./topology.js";
 
@@ -40,7 +41,7 @@ function draw() {
     renderNodes($("#nodes .body"), model, { admin: !!keys.admin, onRemove: removeHost });
     renderGroups($("#groups .body"), model, errors);
     renderTopology($("#topology .body"), model);
-    renderModels($("#models .body"), model);
+    models.render(model, { admin: !!keys.admin });
   }, 16);
 }
 
@@ -71,6 +72,7 @@ const readErrors = reader(async () => {
 
 function onItem(item) {
   const need = model.apply(item);
+  models.apply(item); // model jobs; the disks are re-read on a snapshot and when a job ends
   if (item.event === "snapshot") {
     renderHistory($("#history .body"), model.state.history || []); // at once; the read follows
     chat.loadModels();
@@ -131,7 +133,7 @@ keyForm.addEventListener("submit", (e) => {
 $("#key-cancel").addEventListener("click", () => { keyForm.hidden = true; });
 $("#key-button").addEventListener("click", () => askKey("api"));
 $("#admin-button").addEventListener("click", () => askKey("admin",
-  "Admin actions (remove a host) appear once it is entered. Leave empty to forget it."));
+  "Admin actions (remove a host, download or delete a model) appear once it is entered. Leave empty to forget it."));
 
 function showKeys() {
   $("#key-button").textContent = keys.api ? "API key ✓" : "API key";
@@ -150,6 +152,7 @@ async function removeHost(node) {
 
 // ---- start ---------------------------------------------------------------------------
 
+const models = new ModelsPanel($("#models .body"), { say, redraw: draw });
 const chat = new Chat($("#chat"), { onDenied: () => askKey("api", "the API asked for a key") });
 $("#performance .charts").append(...Charts.markup());
 const charts = new Charts($("#performance"), { isConnected: () => model.connected });

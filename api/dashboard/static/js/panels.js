@@ -1,4 +1,4 @@
-// Overview, Nodes, Groups and Models: drawn from the ClusterModel on every change.
+// Overview, Nodes and Groups: drawn from the ClusterModel on every change (Models: models.js).
 import { DASH, bytes, duration, groupColour, h, level, ms, num, show } from "./format.js";
 
 const tile = (label, value, extra) =>
@@ -160,20 +160,4 @@ export function groupClass(state) {
   if (["starting", "restarting", "waiting"].includes(state)) return "pending";
   if (state === "stopped") return "muted";
   return "critical";
-}
-
-export function renderModels(el, m) {
-  const rows = Object.entries(m.models()).sort(([a], [b]) => a.localeCompare(b)).map(([model, groups]) =>
-    h("tr", { "data-model": model },
-      h("th", { scope: "row" }, h("code", {}, model)),
-      h("td", {}, groups.map((g) => h("div", {}, `${g.name}: `, badge(g.state, groupClass(g.state), ""),
-        ` on ${(g.nodes || []).join(", ")}`))),
-      h("td", { class: "num" }, num(Math.max(0, ...groups.map((g) => g.context_length || 0)))),
-      // Download progress and sync state arrive with the model-management work.
-      h("td", { class: "muted", "data-slot": "download" }, "not reported")));
-  show(el, rows.length
-    ? h("div", { class: "scroll" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["Model", "Served by", "Context", "Download / sync"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows)))
-    : h("p", { class: "muted" }, "No models yet."));
 }

@@ -1,0 +1,175 @@
+"""Models end to end: download once from a hub, sync to every node, list, delete, swap.
+
+A real supervisor with three nodes: n1 is this machine, n2 and n3 are reached over a real
+sshd on loopback; each node has its own models_dir. The hub is tests/fake_hub.py, which the
+real huggingface_hub client in n1's sync actor downloads from. Groups serve fake models
+(no MLX) except where a swap loads the downloaded demo model for real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from tests.clients import client_for
+from tests.conftest import ROOT, RunningSupervisor, run_cli, wait_for
+from tests.fake_hub import DEMO_REPO, FakeHub, fake_hub_fixture  # noqa: F401
+from tests.sshd import Sshd, sshd_fixture  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+FAKE = "fake:m?tokens_per_second=200"
+
+
+def cluster_hostfile(sshd: Sshd, hub: FakeHub, tmp: Path, *, env3=None, groups=None) -> dict:
+    config = sshd.write_ssh_config(tmp / "ssh_config", "mac2 mac3")
+    known = sshd.write_known_hosts(tmp / "known_hosts")
+    remote = {"python": sys.executable, "workdir": str(ROOT)}
+    hosts = [
+        {"ssh": "localhost", "name": "n1", "models_dir": str(tmp / "n1")},
+        {"ssh": "mac2", "name": "n2", "models_dir": str(tmp / "n2"), **remote},
+        {"ssh": "mac3", "name": "n3", "models_dir": str(tmp / "n3"), **remote, "env": env3 or {}},
+    ]
+    return {
+        "hosts": hosts,
+        "model": FAKE,
+        "groups": groups or [{"name": f"g{i}", "hosts": [i - 1]} for i in (1, 2, 3)],
+        "envs": [f"HF_ENDPOINT={hub.url}", "HF_HUB_DISABLE_TELEMETRY=1"],
+        "ssh": {"known_hosts": str(known), "config": str(config)},
+    }
+
+
+def snapshot_files(models_dir: Path, repo: str = DEMO_REPO) -> dict[str, str]:
+    """path -> sha256 of every file of the repo's snapshots in a node's cache."""
+    root = models_dir / ("models--" + repo.replace("/", "--")) / "snapshots"
+    return {
+        str(p.relative_to(root).as_posix().split("/", 1)[1]): hashlib.sha256(
+            p.read_bytes()
+        ).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def models(sup: RunningSupervisor) -> dict:
+    return httpx.get(sup.url + "/api/cluster/models", timeout=30).json()
+
+
+def download(sup: RunningSupervisor, *args: str) -> dict:
+    done = run_cli("download", DEMO_REPO, "--url", sup.url, "--json", *args, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    return {"rc": done.returncode, "job": json.loads(done.stdout or "{}"), "stderr": done.stderr}
+
+
+@pytest.fixture
+def cluster(sshd, fake_hub, tmp_path):
+    sup = RunningSupervisor(tmp_path, cluster_hostfile(sshd, fake_hub, tmp_path))
+    try:
+        sup.wait_healthy(timeout=120)
+        wait_for(lambda: len(models(sup)["nodes"]) == 3, 60, "three nodes listed")
+        yield sup
+    finally:
+        sup.stop()
+
+
+def test_download_once_sync_everywhere_then_nothing_moves(cluster, fake_hub, tmp_path):
+    first = download(cluster)
+    assert first["rc"] == 0, first
+    job = first["job"]
+    assert job["state"] == "done" and job["source"] == "n1"
+    # The hub served each file once: to the source; the others got n1's copy.
+    n1 = snapshot_files(tmp_path / "n1")
+    fetched = {p: fake_hub.fetch_count(DEMO_REPO, p) for p in fake_hub.repos[DEMO_REPO].files}
+    assert {p: n for p, n in fetched.items() if n} == {p: 1 for p in n1}
+    assert n1 and n1 == snapshot_files(tmp_path / "n2") == snapshot_files(tmp_path / "n3")
+    assert {job["progress"][n]["path"] for n in ("n2", "n3")} == {"sftp"}
+
+    listed = models(cluster)["models"]
+    (demo,) = [m for m in listed if m["id"] == DEMO_REPO]
+    assert demo["complete_nodes"] == 3 and demo["total_nodes"] == 3
+    assert demo["size"] > 0 and demo["architecture"]
+
+    second = download(cluster)
+    assert second["rc"] == 0 and second["job"]["moved_bytes"] == 0, second
+    assert fake_hub.body_fetches() == len(n1)
+
+    # A weight file corrupted on n3 is found and sent again.
+    root = tmp_path / "n3" / ("models--" + DEMO_REPO.replace("/", "--")) / "blobs"
+    blob = max(root.iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    third = download(cluster)
+    assert third["rc"] == 0, third
+    assert third["job"]["moved_bytes"] == blob.stat().st_size
+    assert snapshot_files(tmp_path / "n3") == n1
+
+
+def test_a_node_without_the_disk_is_refused_before_anything_moves(sshd, fake_hub, tmp_path):
+    hostfile = cluster_hostfile(sshd, fake_hub, tmp_path, env3={"MLXS_FAKE_FREE_BYTES": "1000"})
+    sup = RunningSupervisor(tmp_path, hostfile)
+    try:
+        sup.wait_healthy(timeout=120)
+        refused = download(sup)
+        assert refused["rc"] == 1
+        line = refused["stderr"].strip().splitlines()[-1]
+        assert "node n3" in line and "1000 free" in line, refused
+        assert fake_hub.body_fetches() == 0  # refused before the source downloaded a byte
+        assert not snapshot_files(tmp_path / "n2") if (tmp_path / "n2").exists() else True
+    finally:
+        sup.stop()
+
+
+def test_a_cut_connection_still_ends_complete(cluster, fake_hub, tmp_path):
+    weights = next(p for p in fake_hub.repos[DEMO_REPO].files if p.endswith(".safetensors"))
+    fake_hub.cut_after(DEMO_REPO, weights, 4096)
+    done = download(cluster, "--nodes", "n1,n2")
+    assert done["rc"] == 0, done
+    assert snapshot_files(tmp_path / "n1") == snapshot_files(tmp_path / "n2")
+    assert not (tmp_path / "n3" / ("models--" + DEMO_REPO.replace("/", "--"))).exists()
+
+
+def test_ollama_pull_shows_progress_and_ends_in_success(cluster, tmp_path):
+    client = ollama.Client(host=cluster.url, headers=_admin_headers(cluster))
+    lines = list(client.pull(DEMO_REPO, stream=True))
+    assert lines[-1].status == "success"
+    assert any(line.total and line.completed for line in lines)
+    tags = client.list().models
+    (demo,) = [m for m in tags if m.model == DEMO_REPO]
+    assert demo.size > 0
+    client.delete(DEMO_REPO)
+    assert DEMO_REPO not in {m["id"] for m in models(cluster)["models"]}
+
+
+def test_swap_a_group_while_a_replica_of_the_other_model_serves(sshd, fake_hub, tmp_path):
+    groups = [{"name": "a", "hosts": [0]}, {"name": "b", "hosts": [1]}, {"name": "c", "hosts": [2]}]
+    sup = RunningSupervisor(tmp_path, cluster_hostfile(sshd, fake_hub, tmp_path, groups=groups))
+    try:
+        sup.wait_healthy(timeout=120)
+        client = client_for(sup)
+        refused = run_cli("rm-model", DEMO_REPO, "--url", sup.url)
+        assert refused.returncode == 2, refused  # a model on no node: nothing to delete
+        assert refused.stderr.strip().endswith('model "fake-org/demo-tiny" is on no node')
+        swap = run_cli("swap", "a", DEMO_REPO, "--url", sup.url, "--json", timeout=600)
+        assert swap.returncode == 0, swap.stderr + swap.stdout
+        served = {m.id for m in client.models.list().data}
+        assert served == {"fake:m", DEMO_REPO}
+        reply = client.chat.completions.create(
+            model=DEMO_REPO, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert reply.choices[0].message.content is not None
+        in_use = run_cli("rm-model", DEMO_REPO, "--node", "n1", "--url", sup.url)
+        assert in_use.returncode == 1 and 'served by group "a"' in in_use.stderr
+    finally:
+        sup.stop()
+
+
+def _admin_headers(sup: RunningSupervisor) -> dict:
+    import os
+
+    from supervisor.cli.credentials import find_admin_key  # the key file `start` wrote
+
+    return {"Authorization": f"Bearer {find_admin_key(sup.url, None, os.environ)}"}
