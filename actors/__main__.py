@@ -6,7 +6,7 @@ import sys
 
 from actors.runtime.control import configure_logging, serve
 
-KINDS = ("generation", "memory", "probe", "fake_engine", "sync")
+KINDS = ("generation", "memory", "probe", "fake_engine", "sync", "share")
 
 
 def _make_actor(kind: str):
@@ -30,6 +30,10 @@ def _make_actor(kind: str):
         from actors.sync.actor import SyncActor
 
         return SyncActor()
+    if kind == "share":
+        from actors.sync.share import ShareActor
+
+        return ShareActor()
     raise SystemExit(f"actors: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 

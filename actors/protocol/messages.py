@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from actors.protocol.model_messages import SYNC_REPLIES, SyncAsk, SyncReply
+from actors.protocol.model_messages import SYNC_REPLIES, ShareDone, SyncAsk, SyncReply
 
 PROTOCOL_VERSION = 1
 
-ActorKind = Literal["generation", "memory", "probe", "sync", "fake_engine"]
+ActorKind = Literal["generation", "memory", "probe", "sync", "share", "fake_engine"]
 
 
 class _Msg(msgspec.Struct, frozen=True, tag=True, tag_field="t", omit_defaults=True):
@@ -360,6 +360,7 @@ Message = (
     | LinkProbe
     | SyncAsk
     | SyncReply
+    | ShareDone
 )
 
 CONFIG_ENV = "MLXS_ACTOR_CONFIG"

@@ -178,6 +178,15 @@ class SyncFailed(_SyncMsg, frozen=True):
     message: str
 
 
+class ShareDone(_SyncMsg, frozen=True):
+    """One rank of a model share over ``mx.distributed`` (``python -m actors share``) moved
+    every file: ``nbytes`` sent (the source) or received, in ``seconds``. Not a reply to an
+    ask: a share rank is a transient actor the supervisor spawned for this one transfer."""
+
+    nbytes: int
+    seconds: float
+
+
 SyncAsk = SyncScan | SyncDownload | SyncManifestAsk | SyncVerify | SyncCommit | SyncDelete
 SyncReply = (
     SyncProgress

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from actors.protocol.model_messages import (
@@ -35,6 +35,9 @@ from supervisor.state import ClusterState
 from supervisor.state.events import ModelJobProgress
 from supervisor.state.folds.models import NodeModels
 
+# Sends staged files to nodes over a group's mx.distributed link: (plan, manifest, needs of
+# the nodes that lack files) -> {node: bytes sent} for the nodes it served.
+Share = Callable[["SyncPlan", SyncManifest, dict[str, SyncNeeds]], Awaitable[dict[str, int]]]
 RESENDS = 2  # times a file that arrived corrupted is sent again
 PROGRESS_EVERY = 0.25  # s between two progress events of one node
 
@@ -177,17 +180,24 @@ async def send_to(
     *,
     in_flight: int,
     timeout: float,
+    staged: bool = False,
 ) -> int:
-    """Stage what ``node`` lacks, let it check and rename; resend corrupted files. Bytes sent."""
+    """Stage what ``node`` lacks, let it check and rename; resend corrupted files. Bytes sent.
+
+    ``staged``: the files are already at their staging paths (sent over mx.distributed):
+    only the check and rename, and a resend over SFTP of what failed its check."""
     state = asker.state
     by_path = {f.path: f for f in manifest.files}
     missing = need.missing
     total = sum(f.size for f in missing)
     both_here = node in plan.local and plan.source in plan.local
-    meter = Meter(state, plan.job_id, node, "transfer", total, "local" if both_here else "sftp")
+    path = "mx.distributed" if staged else "local" if both_here else "sftp"
+    meter = Meter(state, plan.job_id, node, "transfer", total, path)
+    if staged:
+        meter.done = total  # the share's meter reported these bytes
     sent = 0
     for attempt in range(RESENDS + 1):
-        if missing:
+        if missing and not (staged and attempt == 0):
             copies = [Copy(by_path[f.path].location, f.location, f.size) for f in missing]
             try:
                 sent += await copy_files(
@@ -233,6 +243,7 @@ async def run_sync(
     download_timeout: float,
     scans: Mapping[str, NodeModels],
     fits: Callable[[SyncManifest], None] = lambda m: None,
+    share: Share | None = None,
 ) -> tuple[SyncManifest, int]:
     """Run the job's sync part; the source's manifest and the bytes moved (hub + nodes).
 
@@ -258,14 +269,30 @@ async def run_sync(
         )
     )
     preflight(needs)
+    shared: dict[str, int] = {}
+    if share is not None:  # targets that share a multi-host group with the source
+        shared = await share(plan, manifest, {n: needs[n] for n in others if needs[n].missing})
     moved = await asyncio.gather(
         *(
             send_to(
-                asker, endpoints, plan, n, manifest, needs[n], in_flight=in_flight, timeout=timeout
+                asker,
+                endpoints,
+                plan,
+                n,
+                manifest,
+                needs[n],
+                in_flight=in_flight,
+                timeout=timeout,
+                staged=n in shared,
             )
             for n in others
         )
     )
     if plan.source in plan.targets:
-        Meter(asker.state, plan.job_id, plan.source, "done", 0, "").emit("done")
-    return manifest, manifest.downloaded_bytes + sum(moved)
+        fetched = manifest.downloaded_bytes  # its bytes came from the hub (none: it had them)
+        meter = Meter(
+            asker.state, plan.job_id, plan.source, "done", fetched, "" if have_it else "hub"
+        )
+        meter.done = fetched
+        meter.emit("done")
+    return manifest, manifest.downloaded_bytes + sum(moved) + sum(shared.values())
