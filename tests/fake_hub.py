@@ -100,6 +100,8 @@ class FakeHub:
         self.heads: Counter[tuple[str, str]] = Counter()  # (repo, path) -> HEADs
         self.requests: list[tuple[str, str, str | None]] = []  # (method, url path, Range)
         self._cuts: dict[tuple[str, str], int] = {}
+        self._holds: dict[tuple[str, str], threading.Event] = {}
+        self.held = threading.Event()  # set once a held file's body is being waited for
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -114,6 +116,14 @@ class FakeHub:
         """The next GET of ``path`` sends full headers, then ``nbytes`` of body, then hangs up."""
         with self._lock:
             self._cuts[(repo_id, path)] = nbytes
+
+    def hold(self, repo_id: str, path: str) -> threading.Event:
+        """GETs of ``path`` send their headers, then wait (at most IDLE_TIMEOUT_S) until the
+        returned event is set: a download stays in flight for as long as a test needs."""
+        release = threading.Event()
+        with self._lock:
+            self._holds[(repo_id, path)] = release
+        return release
 
     def fetch_count(self, repo_id: str, path: str) -> int:
         with self._lock:
@@ -144,6 +154,9 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            for release in self._holds.values():
+                release.set()  # no handler thread is left waiting
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -245,6 +258,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.fetches[key] += 1
         cut = hub._take_cut(key)
+        with hub._lock:
+            release = hub._holds.get(key)
+        if release is not None:
+            hub.held.set()
+            release.wait(IDLE_TIMEOUT_S)
         with file.local.open("rb") as source:
             source.seek(start)
             left = file.size - start if cut is None else min(cut, file.size - start)

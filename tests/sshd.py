@@ -9,11 +9,13 @@ A test module gets the ``sshd`` fixture with ``from tests.sshd import sshd_fixtu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,7 +174,14 @@ def sshd_fixture(tmp_path_factory):
     """Start ``/usr/sbin/sshd -D -e`` on a free port; yield an ``Sshd``; end it by PID."""
     if not os.path.exists(SSHD):
         pytest.skip(f"{SSHD} is missing; install it with: apt-get install openssh-server")
-    tmp = tmp_path_factory.mktemp("sshd")
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_sshd(tmp: Path) -> Iterator[Sshd]:
+    """An ``Sshd`` with its keys and config in ``tmp``, ended by PID on leaving (benchmarks
+    use it outside pytest: ops/bench_models.py)."""
     host_key, client_key = tmp / "host_ed25519", tmp / "client_ed25519"
     _keygen(host_key)
     _keygen(client_key)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
-from tests.clients import client_for
+from tests.clients import chat, client_for
 from tests.conftest import ROOT, RunningSupervisor, run_cli, wait_for
 from tests.fake_hub import DEMO_REPO, FakeHub, fake_hub_fixture  # noqa: F401
 from tests.sshd import Sshd, sshd_fixture  # noqa: F401
@@ -153,16 +157,65 @@ def test_swap_a_group_while_a_replica_of_the_other_model_serves(sshd, fake_hub, 
         refused = run_cli("rm-model", DEMO_REPO, "--url", sup.url)
         assert refused.returncode == 2, refused  # a model on no node: nothing to delete
         assert refused.stderr.strip().endswith('model "fake-org/demo-tiny" is on no node')
-        swap = run_cli("swap", "a", DEMO_REPO, "--url", sup.url, "--json", timeout=600)
+        # Requests to the old model go on the whole time; the replicas b and c serve them.
+        done = threading.Event()
+        outcomes: list[str] = []
+
+        def traffic() -> None:
+            while not done.is_set():
+                try:
+                    chat(client, "still there?", model="fake:m", max_tokens=4)
+                    outcomes.append("ok")
+                except Exception as exc:  # counted: the assertion below names it
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        try:
+            swap = run_cli("swap", "a", DEMO_REPO, "--url", sup.url, "--json", timeout=600)
+        finally:
+            done.set()
+            sender.join(60)
         assert swap.returncode == 0, swap.stderr + swap.stdout
+        assert json.loads(swap.stdout)["progress"]["n1"]["phase"] == "done"
+        assert outcomes and set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
         served = {m.id for m in client.models.list().data}
         assert served == {"fake:m", DEMO_REPO}
+        tags = {m.model for m in ollama.Client(host=sup.url).list().models}
+        assert DEMO_REPO in tags
         reply = client.chat.completions.create(
             model=DEMO_REPO, messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
         assert reply.choices[0].message.content is not None
         in_use = run_cli("rm-model", DEMO_REPO, "--node", "n1", "--url", sup.url)
         assert in_use.returncode == 1 and 'served by group "a"' in in_use.stderr
+        assert not (tmp_path / "n2" / ("models--" + DEMO_REPO.replace("/", "--"))).exists()
+        fetched = fake_hub.body_fetches()
+        to_n2 = download(sup, "--nodes", "n2")  # the swap synced to a's node only
+        assert to_n2["rc"] == 0 and to_n2["job"]["source"] == "n1", to_n2
+        assert fake_hub.body_fetches() == fetched  # sent from n1's copy, not the hub
+        gone = run_cli("rm-model", DEMO_REPO, "--node", "n2", "--url", sup.url)
+        assert gone.returncode == 0, gone.stderr  # n2 holds a copy no group there serves
+        assert not (tmp_path / "n2" / ("models--" + DEMO_REPO.replace("/", "--"))).exists()
+    finally:
+        sup.stop()
+
+
+def test_a_swap_to_a_model_that_cannot_fit_is_refused_before_anything_stops(
+    sshd, fake_hub, tmp_path
+):
+    hostfile = cluster_hostfile(sshd, fake_hub, tmp_path)
+    sup = RunningSupervisor(tmp_path, {**hostfile, "memory_margin_bytes": 10**15})
+    try:
+        sup.wait_healthy(timeout=120)
+        wait_for(lambda: sup.actor("memory")["vitals"]["mem_total"] > 0, 30, "memory figures")
+        swap = run_cli("swap", "g1", DEMO_REPO, "--url", sup.url, "--json", timeout=300)
+        assert swap.returncode == 1
+        line = swap.stderr.strip().splitlines()[-1]
+        assert "node n1:" in line and "nothing was stopped" in line, line
+        (g1,) = [g for g in sup.status()["groups"] if g["name"] == "g1"]
+        assert g1["state"] == "ready" and g1["restarts"] == 0 and g1["model"] == "fake:m"
+        assert fake_hub.body_fetches() == 0  # refused from the hub's listing, before a download
     finally:
         sup.stop()
 
@@ -173,3 +226,98 @@ def _admin_headers(sup: RunningSupervisor) -> dict:
     from supervisor.cli.credentials import find_admin_key  # the key file `start` wrote
 
     return {"Authorization": f"Bearer {find_admin_key(sup.url, None, os.environ)}"}
+
+
+def test_a_killed_sync_actor_fails_its_job_is_restarted_and_the_job_resumes(cluster, fake_hub):
+    weights = next(p for p in fake_hub.repos[DEMO_REPO].files if p.endswith(".safetensors"))
+    release = fake_hub.hold(DEMO_REPO, weights)
+    try:
+        started = httpx.post(
+            cluster.url + "/api/cluster/models",
+            json={"model": DEMO_REPO},
+            headers=_admin_headers(cluster),
+            timeout=10,
+        )
+        assert started.status_code == 202, started.text
+        job_url = f"{cluster.url}/api/cluster/models/jobs/{started.json()['id']}"
+        wait_for(fake_hub.held.is_set, 60, "the source's download to be in flight")
+        before = sync_actor(cluster, "n1")
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_for(lambda: httpx.get(job_url).json()["state"] != "running", 30, "the job to end")
+        job = httpx.get(job_url).json()
+        assert job["state"] == "failed", job
+        assert job["error"].startswith("node n1: ") and "lost" in job["error"], job["error"]
+        wait_for(
+            lambda: (
+                sync_actor(cluster, "n1")["restarts"] == 1
+                and sync_actor(cluster, "n1")["state"] == "running"
+            ),
+            60,
+            "n1's sync actor to be restarted",
+        )
+        assert sync_actor(cluster, "n1")["pid"] != before["pid"]
+    finally:
+        release.set()
+    again = download(cluster)  # started again, it resumes and ends complete everywhere
+    assert again["rc"] == 0, again
+    assert again["job"]["progress"]["n3"]["phase"] == "done"
+
+
+def sync_actor(sup: RunningSupervisor, node: str) -> dict:
+    return next(a for a in sup.status()["actors"] if a["id"] == f"{node}.sync")
+
+
+def test_the_dashboard_shows_a_download_live_per_node_then_the_model_on_every_node(
+    cluster, fake_hub
+):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(chromium, os.X_OK):
+        pytest.skip(f"{chromium} is missing; install it with: apt-get install chromium")
+    weights = next(p for p in fake_hub.repos[DEMO_REPO].files if p.endswith(".safetensors"))
+    release = fake_hub.hold(DEMO_REPO, weights)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(cluster.url + "/dashboard")
+            sync_api.expect(page.locator("#conn")).to_have_text("live", timeout=10_000)
+            started = httpx.post(
+                cluster.url + "/api/cluster/models",
+                json={"model": DEMO_REPO},
+                headers=_admin_headers(cluster),
+                timeout=10,
+            )
+            job = page.locator(f'[data-job="{started.json()["id"]}"]')
+            # The job and a bar per node appear from the feed while the download is held.
+            sync_api.expect(job).to_contain_text("running", timeout=10_000)
+            sync_api.expect(job.locator('[role="progressbar"]')).to_have_count(3)
+            release.set()
+            sync_api.expect(page.locator("#models")).to_contain_text("✅ 3/3 nodes", timeout=60_000)
+        finally:
+            release.set()
+            browser.close()  # ends the browser process Playwright started
+
+
+def test_nodes_of_a_ring_group_with_the_source_get_the_model_over_mx_distributed(
+    sshd, fake_hub, tmp_path
+):
+    """n1 and n2 form a 2-rank ring group: n2 gets the files over its link (mlx_lm.share's
+    functions); n3 shares no group with n1 and gets them over SFTP. Same bytes everywhere."""
+    hostfile = cluster_hostfile(sshd, fake_hub, tmp_path)
+    for host in hostfile["hosts"]:
+        host["ips"] = ["127.0.0.1"]
+    hostfile["groups"] = [{"name": "pair", "hosts": [0, 1]}, {"name": "solo", "hosts": [2]}]
+    sup = RunningSupervisor(tmp_path, hostfile)
+    try:
+        sup.wait_healthy(timeout=120)
+        done = download(sup)
+        assert done["rc"] == 0, done
+        paths = {n: p["path"] for n, p in done["job"]["progress"].items()}
+        assert paths == {"n1": "hub", "n2": "mx.distributed", "n3": "sftp"}, done["job"]
+        n1 = snapshot_files(tmp_path / "n1")
+        assert n1 and n1 == snapshot_files(tmp_path / "n2") == snapshot_files(tmp_path / "n3")
+        shared = [e for e in sup.log_lines() if e.get("event") == "model_share_done"]
+        assert [e["group"] for e in shared] == ["pair"]
+    finally:
+        sup.stop()

@@ -226,6 +226,7 @@ async def _serve(spec, sock: socket.socket, drain_timeout: float, credentials, r
     await cluster.start()
     membership = ClusterMembership(cluster, unreachable_grace=spec.membership.unreachable_grace)
     models = ModelManager(cluster, spec.models, drain_timeout)
+    models.start()
     watch = asyncio.create_task(membership.watch_unreachable())
     stop, now = asyncio.Event(), asyncio.Event()  # first signal: drain; second: stop now
     received: list[str] = []

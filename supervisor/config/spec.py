@@ -148,7 +148,7 @@ class ModelsSpec(_Written):
     files_in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # per target, over SFTP
     transfer_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # one read/write
     scan_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a node's disk listing
-    download_timeout: Annotated[float, msgspec.Meta(gt=0)] = 86400.0  # a whole hub download
+    download_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 600.0  # hub silence
     pull_with_inference_key: bool = False  # Ollama /api/pull with the api_key, not admin
     comment: Comment = None
 

@@ -22,6 +22,7 @@ from supervisor.config.load import is_local
 from supervisor.config.spec import ModelsSpec
 from supervisor.models.asks import Asker, JobFailed
 from supervisor.models.registry import complete_on, model_list, repo_of, serving_groups
+from supervisor.models.share_job import group_share
 from supervisor.models.swap import swap_group
 from supervisor.models.sync_job import Endpoints, SyncPlan, run_sync
 from supervisor.serving.contract import (
@@ -177,9 +178,10 @@ class ModelManager:
         await self.scan()  # the registry shows the result at once
 
     def _source(self, repo: str, revision: str, targets: list[str]) -> tuple[str, bool]:
-        """Who sends: a target holding the model complete, else this machine, else the first."""
+        """Who sends: a target holding the model complete, else any node holding it (the hub
+        is not asked again), else this machine when it is a target, else the first target."""
         scans = self.state.models.nodes
-        for node in targets:
+        for node in [*targets, *(n for n in self._nodes() if n not in targets)]:
             if complete_on(repo, revision, scans.get(node)) is not None:
                 return node, True
         local = [n for n in targets if n in self._local_nodes()]
@@ -194,6 +196,8 @@ class ModelManager:
         await self.scan(targets)  # the free disk the pre-flight reads
         plan = SyncPlan(job_id, repo, revision, source, targets, self._local_nodes())
         kwargs = {"fits": fits} if fits is not None else {}
+        groups = lambda: [g.spec for g in self._cluster.groups]  # noqa: E731 - read at share time
+        share = group_share(self.state, self._cluster.spec, groups, self._spec.transfer_timeout)
         _, moved = await run_sync(
             self._asker,
             self._endpoints,
@@ -203,6 +207,7 @@ class ModelManager:
             timeout=self._spec.transfer_timeout,
             download_timeout=self._spec.download_timeout,
             scans=self.state.models.nodes,
+            share=share,
             **kwargs,
         )
         return moved
@@ -262,7 +267,14 @@ class ModelManager:
         self._start("swap", repo, nodes, work, job_id=job_id, group=group)
         return self.job(job_id) or {}
 
+    def start(self) -> None:
+        """Scan every node once its sync actor is up, so that the first job already knows
+        which nodes hold what (a node that has the model sends it; the hub is not asked)."""
+        self._first_scan = asyncio.create_task(self.scan(), name="models-first-scan")
+
     async def close(self) -> None:
+        if getattr(self, "_first_scan", None) is not None:
+            self._first_scan.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
