@@ -28,7 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -82,6 +85,7 @@ def bench_hub(tmp: Path, nbytes: int, rounds: int) -> dict:
 
             def run_ours(r=r) -> None:
                 reporter = ProgressReporter(lambda m: True, "bench")
+                (tmp / f"ours{r}").mkdir(parents=True)
                 download(tmp / f"ours{r}", env, reporter, "bench/model", "main", [])
 
             def run_peer(r=r) -> None:
@@ -146,8 +150,8 @@ def bench_sftp(sshd: Sshd, tmp: Path, nbytes: int, rounds: int) -> list[dict]:
             dst_ours.mkdir()
             dst_peer.mkdir()
             order = [
-                (ours, lambda: sftp_copy(target, files, dst_ours, in_flight)),
-                (peer, lambda: scp(sshd, tmp, files, dst_peer)),
+                (ours, partial(sftp_copy, target, files, dst_ours, in_flight)),
+                (peer, partial(scp, sshd, tmp, files, dst_peer)),
             ]
             for sink, fn in order if r % 2 == 0 else order[::-1]:
                 sink.append(nbytes / timed(fn) / MB)
@@ -161,24 +165,61 @@ def bench_sftp(sshd: Sshd, tmp: Path, nbytes: int, rounds: int) -> list[dict]:
 # -------------------------------------------------------------------------------- share
 
 
-def bench_share(sshd: Sshd, tmp: Path, nbytes: int, rounds: int) -> dict:
-    from share_bench import share_once  # ops/share_bench.py: a 2-rank ring group here
+def pair_group(sshd: Sshd, tmp: Path):
+    """n0 here, n1 through the sshd: one 2-rank ring group, every rank on loopback."""
+    from supervisor.config.load import load_hostfile
 
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = sshd.write_ssh_config(tmp / "ssh_config", "benchmac")
+    known = sshd.write_known_hosts(tmp / "known_hosts")
+    remote = {"ssh": "benchmac", "ips": ["127.0.0.1"], "python": sys.executable}
+    doc = {
+        "model": "demo:tiny",
+        "hosts": [
+            {"ssh": "localhost", "name": "n0", "ips": ["127.0.0.1"]},
+            {**remote, "name": "n1", "workdir": str(ROOT)},
+        ],
+        "ssh": {"known_hosts": str(known), "config": str(config)},
+    }
+    (tmp / "pair.json").write_text(json.dumps(doc))
+    spec = load_hostfile(tmp / "pair.json")
+    return spec, spec.groups[0]
+
+
+def share_once(spec, group, src: Path, dst: Path, own: list[float]) -> None:
+    """One share; ``own`` gets the ranks' own MB/s (joined to last write: no spawn, no end)."""
+    from structlog.testing import capture_logs
+
+    from supervisor.models.share_path import ShareFile, share_over_group
+
+    files = [ShareFile(src.stat().st_size, {"n0": str(src), "n1": str(dst)})]
+    with capture_logs() as logs:
+        asyncio.run(
+            share_over_group(spec, group, "n0", files, deadline=300, progress=lambda n: None)
+        )
+    own += [e["mb_per_s"] for e in logs if e.get("event") == "model_share_done"]
+
+
+def bench_share(sshd: Sshd, tmp: Path, nbytes: int, rounds: int) -> list[dict]:
+    spec, group = pair_group(sshd, tmp)
     src = make_file(tmp / "share-src" / "w.safetensors", nbytes)
     target = SSHEndpoint(connector(sshd, tmp, "node"))
-    ours, peer = [], []
+    ours, peer, own = [], [], []
     for r in range(rounds):
         dst = tmp / f"share{r}"
         dst.mkdir()
         order = [
-            (ours, lambda: share_once(sshd, tmp, src, dst / "a")),
-            (peer, lambda: sftp_copy(target, [src], dst, 1)),
+            (ours, partial(share_once, spec, group, src, dst / "a", own)),
+            (peer, partial(sftp_copy, target, [src], dst, 1)),
         ]
         for sink, fn in order if r % 2 == 0 else order[::-1]:
             sink.append(nbytes / timed(fn) / MB)
         shutil.rmtree(dst)
     close_connections()
-    return figures("mx.distributed (ring, 2 ranks)", ours, "our sftp", peer)
+    return [
+        figures("mx.distributed (ring, 2 ranks)", ours, "our sftp", peer),
+        figures("mx.distributed, ranks' own time", own, "our sftp", peer),
+    ]
 
 
 def figures(path: str, ours: list[float], peer_name: str, peer: list[float]) -> dict:
@@ -194,6 +235,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", default=",".join(PATHS))
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # quiet: figures only
     only = set(args.only.split(","))
     if only - set(PATHS):
         parser.error(f"--only: expected some of {','.join(PATHS)}")
@@ -204,11 +246,12 @@ def main(argv: list[str]) -> int:
         if "hub" in only:
             results.append(bench_hub(tmp / "hub", nbytes, args.rounds))
         if only & {"sftp", "share"}:
-            with running_sshd(tmp / "sshd") if (tmp / "sshd").mkdir() is None else None as sshd:
+            (tmp / "sshd").mkdir()
+            with running_sshd(tmp / "sshd") as sshd:
                 if "sftp" in only:
                     results += bench_sftp(sshd, tmp / "sftp", nbytes, args.rounds)
                 if "share" in only:
-                    results.append(bench_share(sshd, tmp / "share", nbytes, args.rounds))
+                    results += bench_share(sshd, tmp / "share", nbytes, args.rounds)
     for r in results:
         print(f"{r['path']:<36} ours {r['ours_mb_s']:>8.1f} MB/s   {r['peer']:<18} "
               f"{r['peer_mb_s']:>8.1f} MB/s   ratio {r['ratio']:.2f}")  # fmt: skip
