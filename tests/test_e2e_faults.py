@@ -169,8 +169,14 @@ def test_bad_cli_flags_are_one_line_exit_2(args, expected):
 def test_sigterm_stops_every_actor(start_supervisor):
     sup = start_supervisor(demo_hostfile())
     sup.wait_healthy()
+    # One node: its generation rank, its memory reporter and its sync actor.
+    wait_for(
+        lambda: sorted((a["kind"], bool(a["pid"])) for a in sup.status()["actors"])
+        == [("generation", True), ("memory", True), ("sync", True)],
+        30,
+        "the node's three actors to run",
+    )
     pids = [a["pid"] for a in sup.status()["actors"]]
-    assert len(pids) == 2
     sup.proc.send_signal(signal.SIGTERM)
     assert sup.proc.wait(30) == 0
     for pid in pids:

@@ -241,6 +241,16 @@ def test_a_killed_sync_actor_fails_its_job_is_restarted_and_the_job_resumes(clus
         assert started.status_code == 202, started.text
         job_url = f"{cluster.url}/api/cluster/models/jobs/{started.json()['id']}"
         wait_for(fake_hub.held.is_set, 60, "the source's download to be in flight")
+        # While it runs, asking again follows the same job, and deleting the model is refused.
+        again = httpx.post(
+            cluster.url + "/api/cluster/models",
+            json={"model": DEMO_REPO},
+            headers=_admin_headers(cluster),
+            timeout=10,
+        )
+        assert again.json()["id"] == started.json()["id"]
+        busy = run_cli("rm-model", DEMO_REPO, "--url", cluster.url)
+        assert busy.returncode == 1 and "is being fetched by job" in busy.stderr, busy.stderr
         before = sync_actor(cluster, "n1")
         os.kill(before["pid"], signal.SIGKILL)
         wait_for(lambda: httpx.get(job_url).json()["state"] != "running", 30, "the job to end")

@@ -203,7 +203,7 @@ def test_unknown_model_is_404_in_openai_shape(client):
 def test_status_shows_actors_and_groups(sup):
     status = sup.status()
     kinds = {a["kind"] for a in status["actors"]}
-    assert kinds == {"generation", "memory"}
+    assert kinds == {"generation", "memory", "sync"}
     gen = sup.actor("generation")
     assert gen["pid"] and gen["state"] == "running" and gen["last_heartbeat_age"] < 3
     assert status["groups"][0]["state"] == "ready"

@@ -65,6 +65,7 @@ class ModelManager:
         self._endpoints = Endpoints(self._local_nodes(), cluster.connector)
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> its task, while it runs
         self._running: dict[str, str] = {}  # repo (or "group:<name>") -> its running job
+        self._syncing: dict[str, str] = {}  # repo -> the job moving its files (download, swap)
 
     def _nodes(self) -> list[str]:
         return [node_name(h) for h in self._cluster.spec.nodes] + [
@@ -142,8 +143,8 @@ class ModelManager:
     def download(self, order: ModelDownload) -> dict:
         repo, revision = parse_model(order.model)
         targets = self._targets(order.nodes, order.group)
-        running = self._running.get(repo)
-        if running is not None:
+        running = self._running.get(repo) or self._syncing.get(repo)
+        if running is not None:  # one job moves a model's files at a time: follow that one
             return self.job(running) or {}
         job_id = _new_id()
         source = self._source(repo, revision, targets)
@@ -190,14 +191,19 @@ class ModelManager:
     async def sync(self, repo, revision, targets, job_id, fits=None, source=None) -> int:
         """Put ``repo`` on ``targets`` (``source``: who sends, and whether it has the model
         already; chosen from the last scans unless given). The bytes moved."""
-        if source is None:
-            await self.scan(targets)
-        source, have_it = source or self._source(repo, revision, targets)
         await self.scan(targets)  # the free disk the pre-flight reads
+        source, have_it = source or self._source(repo, revision, targets)
         plan = SyncPlan(job_id, repo, revision, source, targets, self._local_nodes())
         kwargs = {"fits": fits} if fits is not None else {}
         groups = lambda: [g.spec for g in self._cluster.groups]  # noqa: E731 - read at share time
         share = group_share(self.state, self._cluster.spec, groups, self._spec.transfer_timeout)
+        self._syncing[repo] = job_id
+        try:
+            return await self._run_sync(plan, have_it, share, kwargs)
+        finally:
+            self._syncing.pop(repo, None)
+
+    async def _run_sync(self, plan: SyncPlan, have_it: bool, share, kwargs) -> int:
         _, moved = await run_sync(
             self._asker,
             self._endpoints,
@@ -217,6 +223,9 @@ class ModelManager:
     async def delete(self, model: str, node: str | None) -> dict:
         repo = repo_of(model.strip())
         nodes = self._targets(None if node is None else [node], None)
+        busy = self._running.get(repo) or self._syncing.get(repo)
+        if busy is not None:
+            raise Conflict(f'model "{repo}" is being fetched by job {busy}; delete it after')
         served = [
             g
             for g in self.state.groups.values()
@@ -259,6 +268,9 @@ class ModelManager:
         model = order.model.strip()
         hub = not (parse_fake_spec(model) or is_demo_spec(model) or looks_like_path(model))
         repo, revision = parse_model(model) if hub else (model, "")
+        busy = self._running.get(repo) or self._syncing.get(repo)
+        if hub and busy is not None:
+            raise Conflict(f'model "{repo}" is being fetched by job {busy}; swap when it ends')
         job_id = _new_id()
         work = swap_group(
             self.sync, self.drain_timeout, self._cluster, target, model, repo, revision, hub, job_id
