@@ -97,6 +97,28 @@ def test_bare_host_list_is_one_tensor_parallel_group_with_defaults():
     assert spec.router == RouterSpec(policy="least_loaded", session_ttl=600)
 
 
+def test_models_dir_becomes_each_nodes_hub_cache_and_the_models_section_is_read():
+    from supervisor.cluster.cluster import Cluster
+
+    spec = parse(
+        {
+            "hosts": [MAC1, {**MAC1, "ssh": "mac2", "name": "mac2", "models_dir": "/ext/hub"}],
+            "models_dir": "~/models",
+            "models": {"files_in_flight": 2, "pull_with_inference_key": True},
+            "groups": [{"hosts": [0]}, {"hosts": [1]}],
+        }
+    )
+    assert (spec.models.files_in_flight, spec.models.pull_with_inference_key) == (2, True)
+    assert spec.models.jobs_kept == 50 and spec.models_dir == "~/models"
+    cluster = Cluster.__new__(Cluster)
+    cluster.spec = spec
+    mac1, mac2 = spec.nodes
+    assert cluster._env(mac1)["HF_HUB_CACHE"] == "~/models"  # expanded on that node
+    assert cluster._env(mac2)["HF_HUB_CACHE"] == "/ext/hub"
+    typo = error({"hosts": [MAC1], "models": {"files_in_fligth": 2}})
+    assert typo.endswith('$.models: unknown key "files_in_fligth"; did you mean "files_in_flight"?')
+
+
 def test_cluster_keys_are_read():
     spec = parse(
         {
