@@ -16,7 +16,7 @@ import pytest
 from api.edge.guards import Keys
 from api.models.ollama import hub_name
 from api.models.routes import follow_lines
-from api.models.streams import with_heartbeat
+from api.edge.heartbeat import with_heartbeat
 from api.ollama.protocol import ModelRequest
 from supervisor.serving.contract import (
     BadRequest,

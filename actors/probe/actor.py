@@ -20,7 +20,7 @@ import os
 import structlog
 
 from actors.protocol.messages import LoadProgress, ProbeBandwidth, ProbeReport
-from actors.protocol.rank_env import BACKEND_ENV, pin_to_cpu, write_rank_files
+from actors.protocol.rank_env import join_transient_group, pin_to_cpu
 
 log = structlog.get_logger()
 
@@ -46,21 +46,6 @@ def corrupt_rank(environ) -> int | None:
     return int(text) if text.strip().lstrip("-").isdigit() else None
 
 
-def _join(mx, expected_size: int):
-    """``mx.distributed.init`` with the supervisor-given environment, as a generation rank
-    joins (``lockstep.join_group``); the rank files are read by then and removed: a probe
-    run leaves nothing in the temporary directory."""
-    paths = write_rank_files(os.environ)
-    try:
-        group = mx.distributed.init(strict=True, backend=os.environ.get(BACKEND_ENV, "any"))
-    finally:
-        for path in paths:
-            os.unlink(path)
-    if group.size() != expected_size:
-        raise RuntimeError(f"the probe group has {group.size()} ranks, expected {expected_size}")
-    return group
-
-
 class ProbeActor:
     def __init__(self) -> None:
         self._runtime = None
@@ -75,7 +60,7 @@ class ProbeActor:
 
         cfg = runtime.config
         sizes, rounds, stress = probe_options(cfg.options)
-        group = _join(mx, cfg.world_size)
+        group = join_transient_group(mx, cfg.world_size, "probe")
         rank = group.rank()
         corrupt = corrupt_rank(os.environ) == rank
         if corrupt:

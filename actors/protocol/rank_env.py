@@ -77,3 +77,18 @@ def pin_to_cpu(environ: MutableMapping[str, str]) -> int | None:
         except OSError:
             pass  # a thread that just ended
     return core
+
+
+def join_transient_group(mx, expected_size: int, what: str):
+    """``mx.distributed.init`` (``mx`` passed in: this module imports no MLX) with the
+    supervisor-given environment, for a transient group (a probe, a model share); the rank
+    files are read by then and removed, so a run leaves nothing in the temporary directory."""
+    paths = write_rank_files(os.environ)
+    try:
+        group = mx.distributed.init(strict=True, backend=os.environ.get(BACKEND_ENV, "any"))
+    finally:
+        for path in paths:
+            os.unlink(path)
+    if group.size() != expected_size:
+        raise RuntimeError(f"the {what} group has {group.size()} ranks, expected {expected_size}")
+    return group

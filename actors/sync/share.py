@@ -28,7 +28,7 @@ import structlog
 
 from actors.protocol.messages import LoadProgress
 from actors.protocol.model_messages import ShareDone
-from actors.protocol.rank_env import BACKEND_ENV, pin_to_cpu, write_rank_files
+from actors.protocol.rank_env import join_transient_group, pin_to_cpu
 
 log = structlog.get_logger()
 
@@ -85,20 +85,6 @@ class _Progress:
 _progress = _Progress()
 
 
-def _join(mx, expected_size: int):
-    """``mx.distributed.init`` with the supervisor-given environment; the rank files are read
-    by then and removed."""
-    paths = write_rank_files(os.environ)
-    try:
-        group = mx.distributed.init(strict=True, backend=os.environ.get(BACKEND_ENV, "any"))
-    finally:
-        for path in paths:
-            os.unlink(path)
-    if group.size() != expected_size:
-        raise RuntimeError(f"the share group has {group.size()} ranks, expected {expected_size}")
-    return group
-
-
 class ShareActor:
     def __init__(self) -> None:
         self._runtime = None
@@ -116,7 +102,7 @@ class ShareActor:
         cfg = runtime.config
         src, files = share_options(cfg.options, cfg.world_size)
         mx.set_default_device(mx.cpu)  # as mlx_lm.share does: the collectives run on CPU
-        group = _join(mx, cfg.world_size)
+        group = join_transient_group(mx, cfg.world_size, "share")
         rank = group.rank()
         sending = rank == src
         if sending:

@@ -28,8 +28,8 @@ from litestar.types import ControllerRouterHandler, Guard
 
 from api.edge.error_shape import json_encoder
 from api.edge.generation import STREAM_HEADERS
+from api.edge.heartbeat import HEARTBEAT, close, with_heartbeat
 from api.edge.openapi import also_streamed, ndjson_line
-from api.models.streams import HEARTBEAT, close, with_heartbeat
 from api.ollama.protocol import ModelRequest, OllamaError
 from supervisor.serving.contract import BadRequest, ModelAdmin, ModelDownload, ServiceError
 

@@ -21,8 +21,8 @@ from litestar.types import ControllerRouterHandler, Guard
 
 from api.edge.error_shape import ERROR_RESPONSES, error_body, error_response, json_encoder
 from api.edge.generation import STREAM_HEADERS
+from api.edge.heartbeat import HEARTBEAT, close, with_heartbeat
 from api.edge.openapi import also_streamed
-from api.models.streams import HEARTBEAT, close, with_heartbeat
 from supervisor.serving.contract import (
     GroupModel,
     ModelAdmin,

@@ -14,9 +14,9 @@ goes without ``id:``, so the ids a client sees only go up. A ``: ping`` comment 
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +30,7 @@ from litestar.types import ControllerRouterHandler
 
 from api.edge.error_shape import ERROR_RESPONSES
 from api.edge.guards import Keys, is_admin
+from api.edge.heartbeat import with_heartbeat
 from api.edge.openapi import also_streamed
 from api.edge.redaction import redact, ssh_users
 from supervisor.serving.contract import BadRequest, FeedItem, Observer
@@ -185,38 +186,28 @@ async def messages(
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     """The feed's items as SSE messages, a ping comment after ``heartbeat`` s of silence.
 
-    The next item is awaited in a task that outlives a heartbeat (never cancelled while
-    the stream goes on, so no item is lost to a timeout). When the client goes away the
-    response is cancelled here: the task is cancelled and the subscription closed, both
-    without awaiting, so a cancellation that repeats cannot stop the cleanup.
+    ``api.edge.heartbeat.with_heartbeat`` awaits the next item in a task that outlives a
+    heartbeat (no item is lost to a timeout). When the client goes away the response is
+    cancelled here, and the subscription closed without awaiting, so a cancellation that
+    repeats cannot stop the cleanup.
     """
     last = -1 if after is None else after
-    pending: asyncio.Future[FeedItem] | None = None
     try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(stream))
-            done, _ = await asyncio.wait({pending}, timeout=heartbeat)
-            if not done:
-                yield ServerSentEventMessage(data=None, comment="ping")
-                continue
-            task, pending = pending, None
-            try:
-                item = task.result()
-            except StopAsyncIteration:
-                return
-            snapshot = item.event == "snapshot"
-            number = item.id if snapshot or item.id > last else None
-            last = item.id if number is not None else last
-            yield ServerSentEventMessage(
-                data=_encode(show(item)).decode(),
-                event=item.event,
-                id=number,
-                retry=RETRY_MS if snapshot else None,
-            )
+        async with aclosing(with_heartbeat(stream, heartbeat)) as items:
+            async for item in items:
+                if item is None:
+                    yield ServerSentEventMessage(data=None, comment="ping")
+                    continue
+                snapshot = item.event == "snapshot"
+                number = item.id if snapshot or item.id > last else None
+                last = item.id if number is not None else last
+                yield ServerSentEventMessage(
+                    data=_encode(show(item)).decode(),
+                    event=item.event,
+                    id=number,
+                    retry=RETRY_MS if snapshot else None,
+                )
     finally:
-        if pending is not None:
-            pending.cancel()
         close_now = getattr(stream, "close", None)
         if close_now is not None:
             close_now()

@@ -9,10 +9,9 @@ every new line that matches as ``event: log`` with the line as JSON, and a comme
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated, Any
 
 from litestar import Request, Response, get
@@ -22,6 +21,7 @@ from litestar.types import ControllerRouterHandler
 
 from api.edge.error_shape import ERROR_RESPONSES, error_response
 from api.edge.generation import STREAM_HEADERS
+from api.edge.heartbeat import with_heartbeat
 from supervisor.serving.contract import BadRequest, LogFilter, Observer
 
 HEARTBEAT = 10.0  # seconds of quiet before a comment line
@@ -120,30 +120,13 @@ async def _sse(
     """``first``, then each followed line; a comment after ``HEARTBEAT`` s of quiet."""
     for line in first:
         yield _event(shown(line))
-    pending: asyncio.Task | None = None
-    try:
-        while True:
-            # The same pending read is awaited again after a heartbeat, never cancelled:
-            # cancelling it would end the follower's generator.
-            pending = pending or asyncio.ensure_future(_next(lines))
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
-            if not done:
-                yield ServerSentEventMessage(comment="heartbeat")
-                continue
-            line, pending = pending.result(), None
-            if line is None:  # dropped as too slow: its marker was the last line
-                return
-            yield _event(shown(line))
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        await lines.aclose()  # unregisters the follower
-
-
-async def _next(lines: AsyncIterator[dict]) -> dict | None:
-    return await anext(lines, None)
+    # with_heartbeat awaits the next line in a task it never cancels while the stream goes
+    # on (cancelling it would end the follower's generator), and closes ``lines`` at the end:
+    # that unregisters the follower. A follower dropped as too slow ends ``lines``.
+    async with aclosing(with_heartbeat(lines, HEARTBEAT)) as followed:
+        async for line in followed:
+            quiet = line is None
+            yield ServerSentEventMessage(comment="heartbeat") if quiet else _event(shown(line))
 
 
 def _event(line: dict) -> ServerSentEventMessage:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import paramiko
 
+from supervisor.cli.arguments import seconds
 from supervisor.cli.bootstrap_wheel import WheelError, build_wheel, local_version, pins
 
 COMMAND = "bootstrap"
@@ -73,21 +74,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds("timeout"),
         default=DEFAULT_INSTALL_TIMEOUT,
         help=f"seconds for pip install there (default {DEFAULT_INSTALL_TIMEOUT:g})",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"timeout {text} s is outside 0 .. 86400")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

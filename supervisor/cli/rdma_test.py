@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from supervisor.cli.arguments import seconds
 from supervisor.cli.probe_run import ProbeOptions, ProbeOutcome, probe_group
 from supervisor.config.load import HostfileError, load_hostfile
 from supervisor.config.spec import ClusterSpec, GroupSpec
@@ -66,16 +67,6 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"deadline {text} s is outside 0 .. 86400")
-    return value
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(COMMAND, help="check each multi-host group's links: correctness, GB/s")
     p.add_argument("hostfile", help="hostfile JSON (the one `supervisor start` takes)")
@@ -92,7 +83,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--deadline",
-        type=_seconds,
+        type=seconds("deadline"),
         help=f"seconds per group before its ranks are killed and its links reported down "
         f"(default {DEFAULT_DEADLINE:g}, {STRESS_DEADLINE:g} with --stress)",
     )

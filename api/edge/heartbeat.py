@@ -1,9 +1,9 @@
-"""A job's views as a stream that never goes quiet for long, and its clean end.
+"""A stream that never goes quiet for long, and its clean end.
 
-A job can be silent for minutes (a swap waiting for in-flight requests, a hub that stalls),
-and proxies and clients' read timeouts close a quiet stream. After ``HEARTBEAT`` seconds of
-silence the stream yields ``None``, on which the routes repeat their last line: still valid
-NDJSON, and a consumer that redraws on each line just draws the same again.
+A stream can be silent for minutes (a model job waiting for in-flight requests, a hub that
+stalls, an idle feed or log), and proxies and clients' read timeouts close a quiet stream.
+After ``heartbeat`` seconds of silence ``with_heartbeat`` yields ``None``, on which a route
+sends what keeps it open: a model job's last NDJSON line again, an SSE comment.
 """
 
 from __future__ import annotations
