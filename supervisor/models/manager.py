@@ -36,6 +36,7 @@ from supervisor.state.events import ModelJobEnded, ModelJobStarted, ModelsScanne
 
 log = structlog.get_logger()
 
+SCAN_FRESH = 2.0  # s a scan of every node answers the model list for
 FOLLOW_KEEPALIVE = 15.0  # s: a follower gets the job's view again at least this often
 
 
@@ -66,6 +67,8 @@ class ModelManager:
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> its task, while it runs
         self._running: dict[str, str] = {}  # repo (or "group:<name>") -> its running job
         self._syncing: dict[str, str] = {}  # repo -> the job moving its files (download, swap)
+        self._scan_task: asyncio.Future[set[str]] | None = None
+        self._scanned_at = 0.0
 
     def _nodes(self) -> list[str]:
         return [node_name(h) for h in self._cluster.spec.nodes] + [
@@ -99,11 +102,20 @@ class ModelManager:
         return {n for n, ok in zip(nodes, answered, strict=True) if ok}
 
     async def models(self) -> dict:
-        reachable = await self.scan()
+        reachable = await self._recent_scan()
         listing = model_list(
             self._nodes(), self.state.models.nodes, self.state.groups.values(), reachable
         )
         return {**listing, "jobs": self.state.models.jobs_json()}
+
+    async def _recent_scan(self) -> set[str]:
+        """A scan of every node at most SCAN_FRESH s old; callers meanwhile share one (Open
+        WebUI polls /api/tags, which lists the disks: a poll must not be a scan each)."""
+        task = self._scan_task
+        if task is None or (task.done() and time.monotonic() - self._scanned_at > SCAN_FRESH):
+            task = self._scan_task = asyncio.ensure_future(self.scan())
+            task.add_done_callback(lambda _: setattr(self, "_scanned_at", time.monotonic()))
+        return await asyncio.shield(task)
 
     def job(self, job_id: str) -> dict | None:
         view = self.state.models.job(job_id)
