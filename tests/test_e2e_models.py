@@ -302,8 +302,12 @@ def test_the_dashboard_shows_a_download_live_per_node_then_the_model_on_every_no
             # The job and a bar per node appear from the feed while the download is held.
             sync_api.expect(job).to_contain_text("running", timeout=10_000)
             sync_api.expect(job.locator('[role="progressbar"]')).to_have_count(3)
+            sync_api.expect(job).to_contain_text("download (hub)")  # n1's bytes, as they come
+            (ROOT / "test-artifacts").mkdir(exist_ok=True)  # git-ignored; docs/img has a copy
+            page.locator("#models").screenshot(path=ROOT / "test-artifacts" / "models-job.png")
             release.set()
             sync_api.expect(page.locator("#models")).to_contain_text("✅ 3/3 nodes", timeout=60_000)
+            page.locator("#models").screenshot(path=ROOT / "test-artifacts" / "models-done.png")
         finally:
             release.set()
             browser.close()  # ends the browser process Playwright started
