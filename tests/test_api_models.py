@@ -14,9 +14,9 @@ import ollama
 import pytest
 
 from api.edge.guards import Keys
+from api.edge.heartbeat import with_heartbeat
 from api.models.ollama import hub_name
 from api.models.routes import follow_lines
-from api.edge.heartbeat import with_heartbeat
 from api.ollama.protocol import ModelRequest
 from supervisor.serving.contract import (
     BadRequest,
