@@ -171,8 +171,10 @@ def test_sigterm_stops_every_actor(start_supervisor):
     sup.wait_healthy()
     # One node: its generation rank, its memory reporter and its sync actor.
     wait_for(
-        lambda: sorted((a["kind"], bool(a["pid"])) for a in sup.status()["actors"])
-        == [("generation", True), ("memory", True), ("sync", True)],
+        lambda: (
+            sorted((a["kind"], bool(a["pid"])) for a in sup.status()["actors"])
+            == [("generation", True), ("memory", True), ("sync", True)]
+        ),
         30,
         "the node's three actors to run",
     )
