@@ -302,6 +302,8 @@ def test_resolve_uses_a_complete_cached_snapshot_without_the_hub(nodes, fake_hub
     requests = len(fake_hub.requests)
     snapshot = resolve_model_in(node.cache, DEMO_REPO, monkeypatch)
     assert snapshot.name == manifest.commit and len(fake_hub.requests) == requests
+    pinned = resolve_model_in(node.cache, f"{DEMO_REPO}@{manifest.commit}", monkeypatch)
+    assert pinned == snapshot and len(fake_hub.requests) == requests  # @commit: that snapshot
     # Without its weights the snapshot is not used: the Hub path runs (offline here: it fails).
     (snapshot / "model.safetensors").unlink()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -339,3 +341,14 @@ def test_progress_is_throttled_but_first_and_last_figures_go_out():
     # start and finish (forced), and in between at most 4 a second (one at once after start).
     assert 2 <= len(sent) <= 3 + REPORTS_PER_SECOND * elapsed
     assert (sent[0].done, sent[-1].done, sent[-1].total) == (0, 1000, 1000)
+
+
+def test_a_dry_run_lists_the_hubs_files_and_fetches_none(nodes, fake_hub):
+    listing, progress = nodes("a").ask(SyncDownload, repo=DEMO_REPO, dry_run=True)
+    assert type(listing).__name__ == "SyncManifest" and listing.downloaded_bytes == 0
+    hub = fake_hub.repos[DEMO_REPO]
+    assert listing.commit == hub.commit and fake_hub.body_fetches() == 0 and not progress
+    files = {f.path: f for f in listing.files}
+    assert set(files) <= set(hub.files) and "config.json" in files
+    assert all(files[p].size == hub.files[p].size and not files[p].sha256 for p in files)
+    assert all(files[p].blob == hub.files[p].etag.strip('"') for p in files)

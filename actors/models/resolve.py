@@ -42,14 +42,17 @@ def _resolve_demo(spec: str, progress: Progress | None) -> Path:
     return ensure_demo_model(demo_size(spec), progress=progress)
 
 
-def _download(repo_id: str, progress: Progress | None) -> Path:
-    """Fetch an MLX checkpoint from the Hugging Face Hub, or raise ``ModelUnavailable``.
+def _download(spec: str, progress: Progress | None) -> Path:
+    """Fetch an MLX checkpoint (``org/name[@revision]``) from the Hugging Face Hub, or raise
+    ``ModelUnavailable``.
 
     A complete snapshot already in the cache (the ``sync`` actor put it there) is used as is:
     no Hub call, so a node serves a synced model with the Hub out of reach."""
     from huggingface_hub import snapshot_download
 
-    cached = _complete_local_snapshot(repo_id)
+    repo_id, _, revision = spec.partition("@")
+    revision = revision or None
+    cached = _complete_local_snapshot(repo_id, revision)
     if cached is not None:
         return cached
     if progress:
@@ -58,27 +61,34 @@ def _download(repo_id: str, progress: Progress | None) -> Path:
         path = Path(
             snapshot_download(
                 repo_id,
+                revision=revision,
                 allow_patterns=MLX_MODEL_PATTERNS,
                 # huggingface_hub reads HF_HUB_OFFLINE once at import; honour it per call.
                 local_files_only=_hub_offline(),
             )
         )
     except Exception as error:  # every failure, whatever its kind, becomes one line for the user
-        raise _unavailable(repo_id, short_reason(error)) from error
+        raise _unavailable(spec, short_reason(error)) from error
     if not (path / "config.json").is_file():
-        raise _unavailable(repo_id, "the repository has no config.json")
+        raise _unavailable(spec, "the repository has no config.json")
     if progress:
         progress("download", 1.0)
     return path
 
 
-def _complete_local_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot of ``repo_id`` when it holds config.json and every weight file."""
+def _complete_local_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot of ``repo_id`` at ``revision`` (None: main) when it holds
+    config.json and every weight file."""
     from huggingface_hub import snapshot_download
 
     try:
         path = Path(
-            snapshot_download(repo_id, allow_patterns=MLX_MODEL_PATTERNS, local_files_only=True)
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=MLX_MODEL_PATTERNS,
+                local_files_only=True,
+            )
         )
     except Exception:  # not cached (or not a repo id): the network path decides and explains
         return None

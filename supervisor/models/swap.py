@@ -75,7 +75,7 @@ async def swap_group(
     cluster.leave([group])
     await cluster.wait_idle([group.name], drain_timeout)
     await cluster.remove_group(group)
-    served = repo if hub else model
+    served = (repo if revision == "main" else f"{repo}@{revision}") if hub else model
     cluster.add_group(replace(group.spec, model=served, inherits_model=False))
     for node in nodes:
         state.apply(ModelJobProgress(job_id, node, "load", detail=f"group {group.name}: {served}"))
