@@ -174,21 +174,23 @@ class ModelManager:
         return job_id
 
     async def _run(self, job_id: str, key: str, work) -> None:
-        ok, error, moved = False, "", 0
+        ok, error, moved = False, "the supervisor stopped before the job ended", 0
         try:
-            moved = await work
-            ok = True
-        except JobFailed as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug must still end the job, with its reason
-            log.exception("model_job_crashed", job_id=job_id)
-            error = f"{type(exc).__name__}: {exc}"
+            try:
+                moved = await work
+                ok, error = True, ""
+            except JobFailed as exc:
+                error = str(exc)
+            except Exception as exc:  # a bug must still end the job, with its reason
+                log.exception("model_job_crashed", job_id=job_id)
+                error = f"{type(exc).__name__}: {exc}"
+            # Before the end is told: whoever reads the model list on it sees the outcome.
+            await self.scan()
         finally:
             self._running.pop(key, None)
             self._tasks.pop(job_id, None)
             self.state.apply(ModelJobEnded(job_id, ok, time.time(), error, moved or 0))
             log.info("model_job_ended", job_id=job_id, ok=ok, error=error, moved_bytes=moved)
-        await self.scan()  # the registry shows the result at once
 
     def _source(self, repo: str, revision: str, targets: list[str]) -> tuple[str, bool]:
         """Who sends: a target holding the model complete, else any node holding it (the hub
