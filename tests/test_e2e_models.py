@@ -45,6 +45,7 @@ def cluster_hostfile(sshd: Sshd, hub: FakeHub, tmp: Path, *, env3=None, groups=N
         "groups": groups or [{"name": f"g{i}", "hosts": [i - 1]} for i in (1, 2, 3)],
         "envs": [f"HF_ENDPOINT={hub.url}", "HF_HUB_DISABLE_TELEMETRY=1"],
         "ssh": {"known_hosts": str(known), "config": str(config)},
+        "models": {"jobs_running": 1},
     }
 
 
@@ -251,6 +252,13 @@ def test_a_killed_sync_actor_fails_its_job_is_restarted_and_the_job_resumes(clus
         assert again.json()["id"] == started.json()["id"]
         busy = run_cli("rm-model", DEMO_REPO, "--url", cluster.url)
         assert busy.returncode == 1 and "is being fetched by job" in busy.stderr, busy.stderr
+        other = httpx.post(  # models.jobs_running is 1 here: a second model waits its turn
+            cluster.url + "/api/cluster/models",
+            json={"model": "fake-org/other"},
+            headers=_admin_headers(cluster),
+            timeout=10,
+        )
+        assert other.status_code == 429 and "models.jobs_running" in other.text, other.text
         before = sync_actor(cluster, "n1")
         os.kill(before["pid"], signal.SIGKILL)
         wait_for(lambda: httpx.get(job_url).json()["state"] != "running", 30, "the job to end")

@@ -47,7 +47,7 @@ class FakeRuntime:
     """What the actor sees of ``ActorRuntime``: a config with the node name and ``send``."""
 
     def __init__(self) -> None:
-        self.config = SimpleNamespace(node=NODE)
+        self.config = SimpleNamespace(node=NODE, options={})
         self.sent: list = []
         self._changed = threading.Condition()
 
@@ -352,3 +352,14 @@ def test_a_dry_run_lists_the_hubs_files_and_fetches_none(nodes, fake_hub):
     assert set(files) <= set(hub.files) and "config.json" in files
     assert all(files[p].size == hub.files[p].size and not files[p].sha256 for p in files)
     assert all(files[p].blob == hub.files[p].etag.strip('"') for p in files)
+
+
+def test_asks_past_the_queue_bound_are_refused_at_once(nodes):
+    """models.sync_queue reaches the actor in its config's options: past it, an ask fails
+    in one line instead of waiting behind the others."""
+    node = nodes("a")
+    actor = node.actor
+    actor._limit = 0  # what options {"queue": "0"} would give: nothing may wait
+    failed, _ = node.ask(SyncScan)
+    assert type(failed).__name__ == "SyncFailed"
+    assert failed.message == f"node {NODE}: 0 model tasks already waiting; try later"

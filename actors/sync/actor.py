@@ -40,8 +40,9 @@ from actors.sync.scan import scan_models
 log = structlog.get_logger()
 
 WORKERS = 2  # a download and a hash/verify side by side; more would fight over one disk
-# Asks waiting beyond this are refused at once: the supervisor runs a few jobs per node, so
-# this many waiting means something upstream is looping.
+# Asks waiting beyond this (the hostfile's models.sync_queue, in the config's options) are
+# refused at once: the supervisor runs a few jobs per node, so this many waiting means
+# something upstream is looping.
 MAX_PENDING = 64
 
 ASKS = (SyncScan, SyncDownload, SyncManifestAsk, SyncVerify, SyncCommit, SyncDelete)
@@ -51,7 +52,8 @@ class SyncActor:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self.models_dir = models_dir_from_env(self._environ)
-        self._asks: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
+        self._asks: queue.Queue = queue.Queue()  # bounded in handle(), by self._limit
+        self._limit = MAX_PENDING
         self._lock = threading.Lock()
         self._repo_locks: dict[str, threading.Lock] = {}
         self._runtime = None
@@ -60,6 +62,7 @@ class SyncActor:
     def start(self, runtime) -> None:
         self._runtime = runtime
         self._node = runtime.config.node
+        self._limit = int(runtime.config.options.get("queue", MAX_PENDING))
         self.models_dir.mkdir(parents=True, exist_ok=True)
         free = free_bytes(self.models_dir, self._environ)
         for index in range(WORKERS):
@@ -69,10 +72,10 @@ class SyncActor:
     def handle(self, msg: Message) -> None:
         if not isinstance(msg, ASKS):
             return
-        try:
-            self._asks.put_nowait(msg)
-        except queue.Full:
-            self._fail(msg.request_id, f"{MAX_PENDING} model tasks already waiting; try later")
+        if self._asks.qsize() >= self._limit:  # one reader thread puts: no race past it
+            self._fail(msg.request_id, f"{self._limit} model tasks already waiting; try later")
+            return
+        self._asks.put_nowait(msg)
 
     def vitals(self) -> dict[str, int | float]:
         return {}

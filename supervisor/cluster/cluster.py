@@ -227,7 +227,8 @@ class Cluster:
     def _sync_supervisor(self, host: HostSpec, port: int) -> ChildSupervisor:
         """A node's sync actor (models on its disk), alone in its one_for_one set."""
         node = node_name(host)
-        config = self._config(f"{node}.sync", "sync", host, port)
+        queue = {"queue": str(self.spec.models.sync_queue)}  # asks it holds; more: refused
+        config = self._config(f"{node}.sync", "sync", host, port, options=queue)
         child = ChildSpec(config, self._spawner_for(host), env=self._env(host), python=host.python)
         return self._child_supervisor(f"{node}.sync", [child], self._node_flags)
 

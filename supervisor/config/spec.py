@@ -150,6 +150,8 @@ class ModelsSpec(_Written):
     scan_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a node's disk listing
     download_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 600.0  # hub silence
     pull_with_inference_key: bool = False  # Ollama /api/pull with the api_key, not admin
+    jobs_running: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4  # more at once: 429
+    sync_queue: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64  # asks a sync actor holds
     comment: Comment = None
 
 

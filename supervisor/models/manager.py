@@ -31,6 +31,7 @@ from supervisor.serving.contract import (
     GroupModel,
     ModelDownload,
     NotFound,
+    QueueFull,
 )
 from supervisor.state.events import ModelJobEnded, ModelJobStarted, ModelsScanned
 
@@ -165,6 +166,12 @@ class ModelManager:
         return self.job(job_id) or {}
 
     def _start(self, action, model, nodes, work, *, job_id: str, group: str = "", source: str = ""):
+        if len(self._tasks) >= self._spec.jobs_running:
+            work.close()  # the coroutine never ran
+            raise QueueFull(
+                f"{len(self._tasks)} model jobs are running (models.jobs_running); "
+                "start this one when one ends"
+            )
         key = f"group:{group}" if group else model
         started = ModelJobStarted(job_id, action, model, nodes, time.time(), source, group)
         self.state.apply(started)
