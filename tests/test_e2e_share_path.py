@@ -201,25 +201,3 @@ def test_a_source_outside_the_group_is_refused_before_anything_starts(pair, tmp_
     assert isinstance(result, JobFailed)
     assert str(result) == 'group "main": nodes elsewhere are not among its ranks'
     assert pids == {} and moved == []
-
-
-def test_throughput_of_one_100_mb_file(sshd, pair, tmp_path, capsys):
-    """A figure for docs/benchmarks.md (two ranks on one 2-core VM, CPU ring): no assertion
-    on speed, only that the bytes arrived."""
-    spec, group = pair
-    blob = write(tmp_path / "src" / "blob", 100 * MB)
-    files = [ShareFile(100 * MB, {"n0": str(blob), "n1": str(tmp_path / "dst" / "blob")})]
-    logs: list[dict] = []
-    began = time.monotonic()
-    result, _, pids = share(spec, group, files, seen=logs)
-    took = time.monotonic() - began
-    for pid in pids.values():
-        sshd.remember(pid)
-    assert result == 100 * MB
-    assert digest(tmp_path / "dst" / "blob") == digest(blob)
-    (done,) = [e for e in logs if e["event"] == "model_share_done"]
-    with capsys.disabled():
-        print(
-            f"\nshare over a loopback ring: 100 MiB in {done['seconds']:.2f} s on the wire "
-            f"({done['mb_per_s']} MB/s), {took:.2f} s with spawn and end"
-        )
