@@ -312,3 +312,14 @@ async def test_health_and_status_pass_through():
             cluster = await raw.get("/api/cluster/status")
     assert (health.status_code, health.json()) == (503, {"status": "starting"})
     assert cluster.json() == {"groups": [{"id": "g0", "state": "ready"}], "warnings": []}
+
+
+async def test_the_dashboard_answers_get_and_head_with_its_security_headers():
+    async with serving(ScriptedService()) as url, httpx.AsyncClient(base_url=url) as http:
+        page = await http.get("/dashboard")
+        probe = await http.head("/dashboard")
+        assert page.status_code == probe.status_code == 200
+        assert "<html" in page.text.lower() and probe.content == b""
+        for response in (page, probe):
+            assert response.headers["content-security-policy"].startswith("default-src 'self'")
+            assert response.headers["content-type"].startswith("text/html")

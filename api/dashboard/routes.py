@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litestar import MediaType, Response, get
+from litestar import MediaType, Response, get, head
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
@@ -35,6 +35,12 @@ async def dashboard_page() -> Response[bytes]:
     return Response(PAGE.read_bytes(), media_type=MediaType.HTML, headers=HEADERS)
 
 
+@head(["/dashboard", "/dashboard/"], include_in_schema=False, media_type=MediaType.HTML)
+async def dashboard_head() -> Response[None]:
+    """What a link checker or uptime probe asks: the page's headers, no body."""
+    return Response(None, media_type=MediaType.HTML, headers=HEADERS)
+
+
 def dashboard_routes() -> list[ControllerRouterHandler]:
     """The page and ``/dashboard/static/...``; open (no key), like ``/health``."""
     static = create_static_files_router(
@@ -44,4 +50,4 @@ def dashboard_routes() -> list[ControllerRouterHandler]:
         include_in_schema=False,
         cache_control=CacheControlHeader(no_cache=True),
     )
-    return [dashboard_page, static]
+    return [dashboard_page, dashboard_head, static]
