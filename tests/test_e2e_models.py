@@ -123,7 +123,11 @@ def test_a_node_without_the_disk_is_refused_before_anything_moves(sshd, fake_hub
         line = refused["stderr"].strip().splitlines()[-1]
         assert "node n3" in line and "1000 free" in line, refused
         assert fake_hub.body_fetches() == 0  # refused before the source downloaded a byte
-        assert not snapshot_files(tmp_path / "n2") if (tmp_path / "n2").exists() else True
+        assert not (tmp_path / "n2" / ("models--" + DEMO_REPO.replace("/", "--"))).exists()
+        absent = run_cli("download", "fake-org/nope", "--url", sup.url, timeout=120)
+        assert absent.returncode == 1
+        line = absent.stderr.strip().splitlines()[-1]
+        assert "node n1:" in line and "no such repository" in line, absent.stderr
     finally:
         sup.stop()
 
