@@ -64,7 +64,7 @@ class ModelManager:
         self.drain_timeout = drain_timeout
         self.state = cluster.state
         self._asker = Asker(cluster.state, cluster.sync_handle)
-        self._endpoints = Endpoints(self._local_nodes(), cluster.connector)
+        self._endpoints = Endpoints(self._local_nodes, cluster.connector)
         self._tasks: dict[str, asyncio.Task] = {}  # job id -> its task, while it runs
         self._running: dict[str, str] = {}  # repo (or "group:<name>") -> its running job
         self._syncing: dict[str, str] = {}  # repo -> the job moving its files (download, swap)

@@ -158,11 +158,11 @@ def preflight(needs: dict[str, SyncNeeds]) -> None:
 class Endpoints:
     """How the supervisor reads or writes one node's files: here, or over SSH."""
 
-    def __init__(self, local: set[str], connector: Callable[[str], object]):
-        self._local, self._connector = local, connector
+    def __init__(self, local: Callable[[], set[str]], connector: Callable[[str], object]):
+        self._local, self._connector = local, connector  # read per job: nodes join and leave
 
     def of(self, node: str):
-        if node in self._local:
+        if node in self._local():
             return LocalEndpoint()
         connector = self._connector(node)
         if connector is None:
