@@ -276,8 +276,8 @@ class _SFTPReader(_Reader):
 
     def close(self) -> None:
         if self.sftp is not None:
-            self.sftp.close()  # closes the channel; the server drops the open handle
-            self.sftp = None
+            sftp, self.sftp = self.sftp, None
+            _close_quietly(sftp)  # closes the channel; the server drops the open handle
 
 
 class _Writer:
@@ -335,8 +335,16 @@ class _SFTPWriter(_Writer):
         except (OSError, EOFError, paramiko.SSHException) as exc:
             log.warning("transfer_cleanup_failed", dst=self.copy.dst, node=self.where, error=exc)
         finally:
-            self.sftp.close()
+            _close_quietly(self.sftp)
             self.sftp = None
+
+
+def _close_quietly(sftp: paramiko.SFTPClient) -> None:
+    """Close an SFTP session whose connection may be gone: then nothing is left open."""
+    try:
+        sftp.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
 
 
 def _reader(endpoint: Endpoint, client, copy: Copy, timeout: float) -> _Reader:
