@@ -98,6 +98,7 @@ def test_status_carries_node_memory_hardware_and_rank_memory_under_stable_names(
     rank = Vitals(mlx_active_bytes=5, mlx_cache_bytes=6, mlx_peak_bytes=7, model_bytes=8,
                   prompt_cache_bytes=9)  # fmt: skip
     state.apply(ActorHeartbeat("g.rank0", rank))
+    state.apply(ActorStarting("n.sync", "sync", "n", None, 0))  # a node's actor, not a rank
     snap = state.snapshot()
     (node,) = snap["nodes"]
     assert {k: node[k] for k in ("mem_total", "mem_used", "mem_available", "swap_used")} == {
@@ -109,7 +110,7 @@ def test_status_carries_node_memory_hardware_and_rank_memory_under_stable_names(
     figures = {"mlx_active_bytes": 5, "mlx_cache_bytes": 6, "mlx_peak_bytes": 7,
                "model_bytes": 8, "prompt_cache_bytes": 9}  # fmt: skip
     assert actor.items() >= figures.items()
-    assert snap["memory"]["ranks"]["g.rank0"] == {"node": "n", "group": "g", "rank": 0, **figures}
+    assert snap["memory"]["ranks"] == {"g.rank0": {"node": "n", "group": "g", "rank": 0, **figures}}
     assert snap["memory"]["nodes"]["n"]["health"] == "warning"
     assert snap["links"] == [] and snap["queue_max"] == 0
 

@@ -142,7 +142,7 @@ def actors_table(status: dict) -> Table:
             str(a["restarts"]),
             "—" if age is None else f"{age:.1f}s",
             size((a.get("vitals") or {}).get("rss_bytes")),
-            size(a.get("mlx_active_bytes")) if a["kind"] != "memory" else "",
+            size(a.get("mlx_active_bytes")) if a.get("group") is not None else "",
         )
     return table
 

@@ -99,7 +99,7 @@ def series_points(state, metric: str, window: str) -> tuple[str, list[list]]:
 
 def _actor(actor, now: float) -> dict:
     out = actor_json(actor, now)
-    if actor.kind != "memory":  # a generation rank: what MLX holds, the weights, the cache
+    if actor.group is not None:  # a group's rank: what MLX holds, the weights, the cache
         out.update(rank_memory(actor))
     return out
 
@@ -116,7 +116,7 @@ def _memory(nodes: list[dict], actors: list[dict]) -> dict:
             a["id"]: {"node": a["node"], "group": a["group"], "rank": a["rank"]}
             | {k: a[k] for k in _RANK_MEMORY}
             for a in actors
-            if a["kind"] != "memory"
+            if a["group"] is not None  # a node's own actors (memory, sync) are no rank
         },
     }
 
