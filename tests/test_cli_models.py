@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from supervisor.cli import models_cmd
-from supervisor.cli import models_render as draw
 from supervisor.cli.main import main
+from supervisor.cli.models import commands as models_cmd
+from supervisor.cli.models import render as draw
 from tests.conftest import run_cli
 
 GIB = 2**30

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from supervisor.cli import render
+from supervisor.cli.observe import render as render
 
 GIB = 2**30
 STATUS = {

@@ -178,7 +178,7 @@ def test_the_ring_takes_its_sizes_from_the_hostfile(tmp_path):
 
 
 def test_printed_lines_read_as_time_level_event_and_fields():
-    from supervisor.cli.logs_cmd import human
+    from supervisor.cli.observe.logs import human
 
     text = human(
         {

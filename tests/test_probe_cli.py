@@ -9,8 +9,8 @@ from rich.console import Console
 
 from actors.probe.actor import corrupt_rank, probe_options
 from actors.protocol.messages import ProbeBandwidth, ProbeReport
-from supervisor.cli.probe_run import ProbeOptions, ProbeOutcome, ring_links, verdict
-from supervisor.cli.rdma_test import as_json, parse_size, parse_sizes, render
+from supervisor.cli.links.probe_run import ProbeOptions, ProbeOutcome, ring_links, verdict
+from supervisor.cli.links.rdma_test import as_json, parse_size, parse_sizes, render
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ from pathlib import Path
 import structlog
 
 from supervisor.cli import admin as cli_admin
-from supervisor.cli import bootstrap as cli_bootstrap
-from supervisor.cli import doctor_cmd as cli_doctor
-from supervisor.cli import hosts as cli_membership
-from supervisor.cli import logs_cmd as cli_logs
-from supervisor.cli import models_cmd as cli_models
-from supervisor.cli import observe_cmd as cli_observe
-from supervisor.cli import rdma_test as cli_rdma_test
+from supervisor.cli.host import bootstrap as cli_bootstrap
+from supervisor.cli.host import doctor as cli_doctor
+from supervisor.cli.host import membership as cli_membership
+from supervisor.cli.links import rdma_test as cli_rdma_test
+from supervisor.cli.models import commands as cli_models
+from supervisor.cli.observe import commands as cli_observe
+from supervisor.cli.observe import logs as cli_logs
 from supervisor.config.load import HostfileError, apply_overrides, load_hostfile
 from supervisor.logs.setup import configure_logging
 

@@ -45,7 +45,7 @@ def pins() -> list[str]:
 
 def project_root() -> Path:
     """The source tree this CLI runs from (bootstrap sends what runs here)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         raise WheelError(

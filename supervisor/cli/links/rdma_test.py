@@ -1,7 +1,7 @@
 """`supervisor rdma-test HOSTFILE`: prove each multi-rank group's links, no model loaded.
 
 For each group of two or more ranks (or the one ``--group`` names), one after another:
-probe ranks spawned as the group's own would be (``supervisor.cli.probe_run``) check an
+probe ranks spawned as the group's own would be (``supervisor.cli.links.probe_run``) check an
 all_sum element by element, time a 1 KiB all_sum (latency), sweep the bandwidth over
 ``--sizes`` and, with ``--stress``, check 100 rounds of the largest size. A table like the
 seed's ``make rdma-test`` (or ``--json``); exit 0 when every check of every group passed,
@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from supervisor.cli.arguments import seconds
-from supervisor.cli.probe_run import ProbeOptions, ProbeOutcome, probe_group
+from supervisor.cli.links.probe_run import ProbeOptions, ProbeOutcome, probe_group
 from supervisor.config.load import HostfileError, load_hostfile
 from supervisor.config.spec import ClusterSpec, GroupSpec
 

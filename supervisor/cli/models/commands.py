@@ -23,8 +23,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
 from supervisor.cli import admin as cli_admin
-from supervisor.cli import models_render as draw
 from supervisor.cli.admin import DEFAULT_URL, EXIT_REFUSED
+from supervisor.cli.models import render as draw
 
 COMMANDS = ("download", "models", "rm-model", "swap")
 REQUEST_TIMEOUT = 30.0  # a listing scans every node's disk (each with its own timeout)

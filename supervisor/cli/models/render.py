@@ -13,7 +13,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.cli.render import duration, size
+from supervisor.cli.observe.render import duration, size
 
 DASH = "—"
 JOB_STYLE = {"running": "yellow", "done": "green", "failed": "red"}

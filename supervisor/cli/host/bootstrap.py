@@ -29,7 +29,7 @@ from pathlib import Path
 import paramiko
 
 from supervisor.cli.arguments import seconds
-from supervisor.cli.bootstrap_wheel import WheelError, build_wheel, local_version, pins
+from supervisor.cli.host.wheel import WheelError, build_wheel, local_version, pins
 
 COMMAND = "bootstrap"
 EXIT_FAILED = 1

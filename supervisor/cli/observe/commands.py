@@ -19,8 +19,8 @@ from rich.live import Live
 from rich.text import Text
 
 from supervisor.cli import admin as cli_admin
-from supervisor.cli import render
 from supervisor.cli.admin import DEFAULT_URL, EXIT_REFUSED
+from supervisor.cli.observe import render as render
 
 COMMANDS = ("status", "nodes", "monitor")
 REQUEST_TIMEOUT = 5.0  # seconds one status request may take before the server counts as lost

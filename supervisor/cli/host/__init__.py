@@ -1,0 +1,1 @@
+"""A machine becoming a node: add-host, join, remove-host, bootstrap, doctor."""

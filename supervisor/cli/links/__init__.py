@@ -1,0 +1,1 @@
+"""rdma-test: a group's links checked by a transient probe group."""

@@ -1,0 +1,1 @@
+"""download, models, rm-model and swap: the models on the nodes' disks."""

@@ -1,0 +1,1 @@
+"""status, nodes, monitor and logs: reading a running cluster."""
