@@ -161,16 +161,20 @@ class ActorHandle:
             await self.tell(ask)
             while True:
                 event: Message = await inbox.get()
-                if isinstance(event, GenerationFailed):  # lost: _fail_all's words
-                    yield SyncFailed(rid, event.message.replace("generation actor", "actor"))
+                if isinstance(event, GenerationFailed):  # put by _fail_all: the actor is lost
+                    yield self._sync_lost(rid)
                     return
                 yield event  # type: ignore[misc]  # routed by request_id: a SyncReply
                 if type(event).__name__ in SYNC_TERMINAL:
                     return
         except ActorGone:
-            yield SyncFailed(rid, f"actor {self.actor_id} was lost (connection closed)")
+            yield self._sync_lost(rid)
         finally:
             self._streams.pop(rid, None)
+
+    def _sync_lost(self, rid: str) -> SyncFailed:
+        reason = self.closed.result() if self.closed.done() else "connection closed"
+        return SyncFailed(rid, f"actor {self.actor_id} was lost ({reason})")
 
     @property
     def streams_open(self) -> int:
