@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import msgspec
 import structlog
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -318,6 +319,4 @@ def _new_id() -> str:
 
 
 def _json(view) -> dict:
-    import msgspec
-
     return msgspec.to_builtins(view)

@@ -63,6 +63,10 @@ class Meter:
         self._start = time.monotonic()
         self._last = 0.0
 
+    def begin(self, phase) -> None:
+        """A new phase: its bytes and its rate count from now."""
+        self.phase, self.done, self._start = phase, 0, time.monotonic()
+
     def add(self, nbytes: int) -> None:
         self.set(self.done + nbytes)
 
@@ -97,9 +101,8 @@ class Meter:
 
 def on_sync_progress(meter: Meter) -> Callable[[SyncProgress], None]:
     def forward(p: SyncProgress) -> None:
-        if p.phase != meter.phase:  # a new phase restarts the rate
-            meter.phase, meter.done = p.phase, 0
-            meter._start = time.monotonic()
+        if p.phase != meter.phase:
+            meter.begin(p.phase)
         meter.set(p.done, p.total)
 
     return forward
