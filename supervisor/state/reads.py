@@ -23,8 +23,7 @@ HISTORY_TAIL = 20  # requests the snapshot carries
 def snapshot(state, now: float) -> dict:
     """Everything ``state`` (a ClusterState) knows, as JSON-ready builtins."""
     avg, peak = state.series.tokens_per_second()
-    nodes = [node_json(n, memory_reporter(state.actors, n.name)) for n in state.nodes.values()]
-    actors = [_actor(a, now) for a in state.actors.values()]
+    nodes, actors = _nodes_and_actors(state, now)
     return {
         "seq": state.seq,
         "uptime_seconds": state.uptime(),
@@ -55,8 +54,7 @@ def snapshot(state, now: float) -> dict:
 def live_figures(state, now: float) -> dict:
     """What heartbeats, delivered tokens and ticks change, in a few hundred bytes."""
     avg, peak = state.series.tokens_per_second()
-    nodes = [node_json(n, memory_reporter(state.actors, n.name)) for n in state.nodes.values()]
-    actors = [_actor(a, now) for a in state.actors.values()]
+    nodes, actors = _nodes_and_actors(state, now)
     return {
         "seq": state.seq,
         "uptime_seconds": state.uptime(),
@@ -95,6 +93,12 @@ def series_points(state, metric: str, window: str) -> tuple[str, list[list]]:
         known = ", ".join(MEMORY + n for n in state.nodes) or "none yet"
         raise KeyError(f"metric: no node {metric[len(MEMORY) :]!r}; known: {known}")
     return unit, state.series.points(metric, window)
+
+
+def _nodes_and_actors(state, now: float) -> tuple[list[dict], list[dict]]:
+    """The nodes (with their reporter's figures) and actors as JSON: both reads show them."""
+    nodes = [node_json(n, memory_reporter(state.actors, n.name)) for n in state.nodes.values()]
+    return nodes, [_actor(a, now) for a in state.actors.values()]
 
 
 def _actor(actor, now: float) -> dict:
