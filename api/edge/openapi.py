@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, Schema
 
+NDJSON = "application/x-ndjson"  # Ollama's streams and the model job streams
+
 
 def _one_of(components: tuple[str, ...]) -> Reference | Schema:
     refs = [Reference(ref=f"#/components/schemas/{name}") for name in components]

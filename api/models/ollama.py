@@ -29,11 +29,10 @@ from litestar.types import ControllerRouterHandler, Guard
 from api.edge.error_shape import json_encoder
 from api.edge.generation import STREAM_HEADERS
 from api.edge.heartbeat import HEARTBEAT, close, with_heartbeat
-from api.edge.openapi import also_streamed, ndjson_line
+from api.edge.openapi import NDJSON, also_streamed, ndjson_line
 from api.ollama.protocol import ModelRequest, OllamaError
 from supervisor.serving.contract import BadRequest, ModelAdmin, ModelDownload, ServiceError
 
-NDJSON = "application/x-ndjson"
 MAX_NAME = 200  # ModelDownload.model's bound
 JOB_FAILED = 502
 _PREFIXES = ("https://huggingface.co/", "huggingface.co/", "hf.co/")

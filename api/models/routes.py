@@ -22,7 +22,7 @@ from litestar.types import ControllerRouterHandler, Guard
 from api.edge.error_shape import ERROR_RESPONSES, error_body, error_response, json_encoder
 from api.edge.generation import STREAM_HEADERS
 from api.edge.heartbeat import HEARTBEAT, close, with_heartbeat
-from api.edge.openapi import also_streamed
+from api.edge.openapi import NDJSON, also_streamed
 from supervisor.serving.contract import (
     GroupModel,
     ModelAdmin,
@@ -31,7 +31,6 @@ from supervisor.serving.contract import (
     ServiceError,
 )
 
-NDJSON = "application/x-ndjson"
 Redactor = Callable[[Request], Awaitable[Callable[[Any], Any]]]
 JOB_VIEW = Schema(type=OpenAPIType.OBJECT, description="A job view (ModelJobView)")
 Node = Annotated[str | None, QueryParameter(description="only this node (default: every node)")]

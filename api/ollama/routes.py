@@ -22,7 +22,7 @@ from api.edge.choices import ChoiceResult
 from api.edge.error_shape import ErrorResponse
 from api.edge.errors import handle_exception
 from api.edge.generation import serve_generation
-from api.edge.openapi import also_streamed, ndjson_line
+from api.edge.openapi import NDJSON, also_streamed, ndjson_line
 from api.ollama.model_views import OLLAMA_VERSION, running, show, tags
 from api.ollama.protocol import (
     ChatRequest,
@@ -50,7 +50,6 @@ from supervisor.serving.contract import (
     ServiceError,
 )
 
-NDJSON = "application/x-ndjson"
 PULL_REFUSED = (
     "pulling models is not supported yet; use a hostfile model spec "
     "(a Hugging Face repo id or a local path) and restart the supervisor"
